@@ -1,0 +1,25 @@
+"""One-line errors for users, and the CLI wrapper that prints them.
+
+Library code raises `UserError` for problems with the user's input (a missing file, a pickle
+without a network, a malformed interval, ...). Command-line entry points run their work through
+`run_cli`, which turns such an error into a single `error: ...` line on stderr and exit status 1,
+so that no traceback is shown for mistakes the user can fix.
+"""
+
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; the message is one line that names it."""
+
+
+def run_cli(func, *args, **kwargs):
+    """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 quietly."""
+    try:
+        return func(*args, **kwargs)
+    except UserError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,132 @@
+"""The one place where network pickles are opened.
+
+EDM2, EDM v1 and guidance-interval pickles are plain pickles whose objects carry the source code
+of their classes: opening a pickle RUNS CODE FROM IT. Only load pickles from sources you trust.
+
+Every problem a user can cause (missing file, corrupt or truncated file, unreachable URL, a pickle
+that holds no network) becomes a one-line `UserError` naming the file.
+"""
+
+import os
+import pickle
+import re
+
+import torch
+
+import dnnlib
+from edmguide.errors import UserError
+
+#----------------------------------------------------------------------------
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return f'{type(exc).__name__}: {text[0]}' if text else type(exc).__name__
+
+def _local_path(path_or_url):
+    """The filesystem path for a local path or file:// URL, None for remote URLs."""
+    if not re.match('^[a-z]+://', path_or_url):
+        return path_or_url
+    if path_or_url.startswith('file://'):
+        return dnnlib.util.open_url(path_or_url, return_filename=True)
+    return None
+
+def load_pickle(path_or_url, *, cache=True, verbose=False):
+    """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`)."""
+    name = os.fspath(path_or_url)
+    local = _local_path(name)
+    if local is not None and not os.path.isfile(local):
+        raise UserError(f'{name}: no such file')
+    try:
+        f = dnnlib.util.open_url(name, cache=cache, verbose=verbose)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if local is not None:
+            raise UserError(f'{name}: cannot open ({_first_line(exc)})') from exc
+        if isinstance(exc, AssertionError):
+            raise UserError(f'{name}: not a valid URL') from exc
+        reason = _first_line(exc).split(f'{name}: ', 1)[-1]
+        raise UserError(f'{name}: cannot download it and it is not in the download cache ({reason})') from exc
+    try:
+        with f:
+            return pickle.load(f)
+    except KeyboardInterrupt:
+        raise
+    except EOFError as exc:
+        raise UserError(f'{name}: file is empty or truncated (incomplete download?)') from exc
+    except pickle.UnpicklingError as exc:
+        if 'truncated' in str(exc):
+            raise UserError(f'{name}: file is truncated (incomplete download?)') from exc
+        raise UserError(f'{name}: not a pickle file ({_first_line(exc)})') from exc
+    except ModuleNotFoundError as exc:
+        raise UserError(f'{name}: the code in this pickle needs the Python module {exc.name!r}, which is not installed') from exc
+    except Exception as exc:
+        raise UserError(f'{name}: cannot unpickle ({_first_line(exc)})') from exc
+
+#----------------------------------------------------------------------------
+
+def _identity_round_sigma(sigma):
+    """Neutral `round_sigma` for nets trained on continuous noise levels (EDM2)."""
+    return torch.as_tensor(sigma)
+
+def _add_neutral_sigma_attributes(net):
+    """Give EDM2 nets the sigma limits/rounding that EDM v1-style samplers read; keep existing ones."""
+    for attr, value in [('sigma_min', 0.0), ('sigma_max', float('inf')), ('round_sigma', _identity_round_sigma)]:
+        if not hasattr(net, attr):
+            setattr(net, attr, value)
+
+def _default_encoder(img_channels):
+    from training import encoders
+    return encoders.StabilityVAEEncoder() if img_channels == 4 else encoders.StandardRGBEncoder()
+
+def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False):
+    """Load a denoiser and its pixel encoder: `(net, encoder)`.
+
+    The net is `data['ema']` of a training pickle, or the pickle itself when it is a bare module
+    (EDM2 toy pickles; these may lack `img_channels` and get no encoder). It is moved to `device`,
+    put in eval mode and frozen. Released EDM2 weights stay float16 in memory; the network casts
+    them itself. The encoder is the pickle's own, else the SD VAE encoder for 4-channel nets and
+    plain RGB otherwise; it is returned uninitialized (heavy VAE weights load on first use, or via
+    `init_encoder`). `encoder` is None when `want_encoder` is False.
+    """
+    name = os.fspath(path_or_url)
+    data = load_pickle(name, verbose=verbose)
+    encoder = None
+    if isinstance(data, dict):
+        if 'ema' not in data or data['ema'] is None:
+            keys = ', '.join(map(str, data.keys())) or 'none'
+            raise UserError(f'{name}: pickle has no network (no "ema" entry; keys: {keys})')
+        net = data['ema']
+        encoder = data.get('encoder')
+        bare = False
+    else:
+        net = data
+        bare = isinstance(net, torch.nn.Module)
+    if not callable(net) or not (bare or hasattr(net, 'img_channels')):
+        raise UserError(f'{name}: pickle holds an object of type {type(net).__name__}, not a denoiser network')
+
+    if isinstance(net, torch.nn.Module):
+        net = net.eval().requires_grad_(False).to(device)
+    _add_neutral_sigma_attributes(net)
+
+    if not want_encoder:
+        encoder = None
+    elif encoder is None and hasattr(net, 'img_channels'):
+        encoder = _default_encoder(net.img_channels)
+    return net, encoder
+
+def init_encoder(encoder, device, *, batch_size=None):
+    """Run `encoder.init(device)`, turning a VAE that cannot be loaded into a `UserError`."""
+    if batch_size is not None and hasattr(encoder, 'batch_size'):
+        encoder.batch_size = batch_size
+    try:
+        encoder.init(device)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        vae = getattr(encoder, 'vae_name', type(encoder).__name__)
+        cache = dnnlib.make_cache_dir_path('diffusers')
+        raise UserError(f'{vae}: cannot load the VAE (needs diffusers, and network access or the files in {cache}): {_first_line(exc)}') from exc
+    return encoder
+
+#----------------------------------------------------------------------------
