@@ -1,0 +1,224 @@
+"""Guidance weight as a function of noise level, w(sigma), kept as plain data.
+
+The sampler asks a `GuidanceSchedule` for the weight of each Heun step and evaluates the guiding
+network only where the answer is not 1. Constant CFG, the guidance interval, autoguidance (same
+schedule, a weaker guiding net) and multi-segment schedules are therefore one mechanism.
+
+An interval is written two ways:
+- as a noise range (sigma_lo, sigma_hi] -- open below, closed above, as in the GI paper;
+- as inclusive step indices [start, stop] into a schedule t_0 > t_1 > ... > t_N = 0, as in the
+  upstream `--guidance_interval="[17, 22]"` option.
+Step i is guided when its own noise level t_i lies in the range, so [start, stop] is the range
+(t_{stop+1}, t_start] and both forms make identical decisions (hence identical images) as long as
+the conversion used the very schedule tensor the sampler runs on.
+"""
+
+import ast
+import dataclasses
+import math
+import operator
+import re
+
+from edmguide.errors import UserError
+
+#----------------------------------------------------------------------------
+# The schedule.
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSchedule:
+    """w(sigma): weight w on each segment (sigma_lo, sigma_hi], 1 everywhere else.
+
+    Segments may not overlap; the sampler decides each step from its starting noise level.
+    """
+    segments: tuple = ()
+
+    def __post_init__(self):
+        segs = []
+        for seg in self.segments:
+            if len(seg) != 3:
+                raise UserError(f'guidance segment {seg!r} is not (sigma_lo, sigma_hi, w)')
+            lo, hi, w = (float(v) for v in seg)
+            _check_range(lo, hi)
+            if not math.isfinite(w):
+                raise UserError(f'guidance weight must be finite, got {w}')
+            segs.append((lo, hi, w))
+        segs.sort(key=lambda s: -s[1])
+        for (lo_a, _hi_a, _), (_lo_b, hi_b, _) in zip(segs, segs[1:]):
+            if hi_b > lo_a:
+                raise UserError(f'guidance segments overlap: {tuple(segs)}')
+        object.__setattr__(self, 'segments', tuple(segs))
+
+    # Constructors ----------------------------------------------------------
+
+    @classmethod
+    def none(cls):
+        """No guidance: w = 1 everywhere, the guiding net is never evaluated."""
+        return cls(())
+
+    @classmethod
+    def constant(cls, w):
+        """Guidance at every step (classic CFG / autoguidance): the range (0, inf]."""
+        return cls(((0.0, math.inf, w),))
+
+    @classmethod
+    def sigma_range(cls, w, sigma_lo, sigma_hi):
+        """Guidance for noise levels in (sigma_lo, sigma_hi] (the paper's form)."""
+        return cls(((sigma_lo, sigma_hi, w),))
+
+    @classmethod
+    def step_indices(cls, w, start, stop, sigmas):
+        """Guidance for Heun steps start..stop (inclusive) of the schedule `sigmas` (upstream form).
+
+        Stored as (t_{stop+1}, t_start], taken from `sigmas` itself, so it is exact for that tensor.
+        """
+        lo, hi = indices_to_sigma_range(start, stop, sigmas)
+        return cls(((lo, hi, w),))
+
+    # Queries ---------------------------------------------------------------
+
+    def weight(self, sigma):
+        """w at noise level `sigma` (a float or a one-element tensor)."""
+        sigma = float(sigma)
+        for lo, hi, w in self.segments:
+            if lo < sigma <= hi:
+                return w
+        return 1.0
+
+    @property
+    def is_active(self):
+        """True if some segment has a weight other than 1 (a guiding net is needed)."""
+        return any(w != 1 for _, _, w in self.segments)
+
+    def step_weights(self, sigmas):
+        """Weight of each of the len(sigmas)-1 Heun steps, decided from t_i."""
+        levels = _levels(sigmas)
+        return [self.weight(t) for t in levels[:-1]]
+
+    def to_step_indices(self, sigmas):
+        """Per segment, the inclusive steps (start, stop, w) it covers in `sigmas`.
+
+        Segments that contain no step are left out; a one-segment schedule gives at most one entry.
+        """
+        levels = _levels(sigmas)[:-1]
+        out = []
+        for lo, hi, w in self.segments:
+            steps = [i for i, t in enumerate(levels) if lo < t <= hi]
+            if steps:
+                out.append((steps[0], steps[-1], w))
+        return tuple(out)
+
+    def snapped(self, sigmas):
+        """Move every finite non-zero bound to the nearest level of `sigmas` (in log sigma).
+
+        The paper prints bounds rounded to two decimals, e.g. (0.28, 2.90] for steps [15, 21],
+        while t_15 = 2.9015 > 2.90; snapping recovers the intended steps exactly.
+        """
+        levels = _levels(sigmas)
+        positive = [t for t in levels if t > 0]
+        def snap(v):
+            if v == 0 or math.isinf(v):
+                return v
+            return min(positive, key=lambda t: abs(math.log(t) - math.log(v)))
+        return GuidanceSchedule(tuple((snap(lo), snap(hi), w) for lo, hi, w in self.segments))
+
+    def __str__(self):
+        if not self.is_active:
+            return 'no guidance'
+        return ', '.join(f'w={w:g} on ({lo:g}, {hi:g}]' for lo, hi, w in self.segments if w != 1)
+
+#----------------------------------------------------------------------------
+# Conversions between the two forms.
+
+def indices_to_sigma_range(start, stop, sigmas):
+    """Inclusive steps [start, stop] of `sigmas` -> (t_{stop+1}, t_start] as Python floats."""
+    levels = _levels(sigmas)
+    num_steps = len(levels) - 1
+    try:
+        if isinstance(start, bool) or isinstance(stop, bool):
+            raise TypeError
+        start, stop = operator.index(start), operator.index(stop)
+    except TypeError:
+        raise UserError(f'guidance interval bounds must be integers, got {start!r}, {stop!r}') from None
+    if not 0 <= start <= stop <= num_steps - 1:
+        raise UserError(f'guidance interval [{start}, {stop}] must satisfy '
+                        f'0 <= start <= stop <= {num_steps - 1} for {num_steps} steps')
+    return levels[stop + 1], levels[start]
+
+
+def sigma_range_to_indices(sigma_lo, sigma_hi, sigmas):
+    """(sigma_lo, sigma_hi] -> inclusive steps (start, stop) whose t_i it contains, or None."""
+    _check_range(float(sigma_lo), float(sigma_hi))
+    found = GuidanceSchedule.sigma_range(2.0, sigma_lo, sigma_hi).to_step_indices(sigmas)
+    return found[0][:2] if found else None
+
+#----------------------------------------------------------------------------
+# Parsers for command-line strings.
+
+def parse_interval(text):
+    """Upstream `--guidance_interval` syntax: "[17, 22]" (any 2-sequence) or "None" -> tuple or None.
+
+    Only the syntax is checked here; bounds against the step count are checked by
+    `GuidanceSchedule.step_indices`.
+    """
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        value = text
+    else:
+        if text.strip() in ('', 'None', 'none'):
+            return None
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise UserError(f'guidance interval {text!r} is not of the form "[start, stop]" or "None"') from None
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+            not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise UserError(f'guidance interval {text!r} must be two integer step indices "[start, stop]" or "None"')
+    start, stop = value
+    if start > stop:
+        raise UserError(f'guidance interval {text!r} has start > stop')
+    if start < 0:
+        raise UserError(f'guidance interval {text!r} has a negative step index')
+    return (start, stop)
+
+
+_NUM = r'\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf)\s*'
+_SIGMA_RANGE = re.compile(r'^\s*(\(?)' + _NUM + r',' + _NUM + r'(\]?)\s*$', re.IGNORECASE)
+
+
+def parse_sigma_range(text):
+    """Noise range "0.28,2.9" or "(0.28, 2.90]" -> (sigma_lo, sigma_hi); open below, closed above."""
+    m = _SIGMA_RANGE.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise UserError(f'sigma range {text!r} is not of the form "lo,hi" or "(lo, hi]" '
+                        '(the range is open below and closed above)')
+    opening, lo, hi, closing = m.groups()
+    if bool(opening) != bool(closing):
+        raise UserError(f'sigma range {text!r}: write both brackets as "(lo, hi]" or neither')
+    lo, hi = float(lo), float(hi)
+    _check_range(lo, hi, text)
+    return lo, hi
+
+#----------------------------------------------------------------------------
+# Helpers.
+
+def _check_range(lo, hi, text=None):
+    what = f'sigma range {text!r}' if text is not None else f'sigma range ({lo:g}, {hi:g}]'
+    if math.isnan(lo) or math.isnan(hi):
+        raise UserError(f'{what} contains NaN')
+    if lo < 0:
+        raise UserError(f'{what} must have sigma_lo >= 0')
+    if not lo < hi:
+        raise UserError(f'{what} must have sigma_lo < sigma_hi')
+
+
+def _levels(sigmas):
+    """Schedule tensor (or sequence) -> list of Python floats, exact for float32/float64."""
+    levels = [float(t) for t in (sigmas.tolist() if hasattr(sigmas, 'tolist') else sigmas)]
+    if len(levels) < 2 or any(a <= b for a, b in zip(levels, levels[1:])):
+        raise UserError('noise schedule must be strictly decreasing with at least one step')
+    return levels
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,203 @@
+"""Heun sampler for the EDM probability-flow ODE (Karras et al. 2022, Alg. 2) with guidance.
+
+Small pieces: `noise_levels` builds the schedule, `sampler_sigmas` adds what one upstream mode
+does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample` loops
+over the schedule it is given, asking a `GuidanceSchedule` for w at every step.
+
+Two modes reproduce the two upstream samplers bit for bit (see the compatibility spec):
+- 'edm2' (NVlabs/edm2): float32 throughout, schedule used as is, main net called before the guide;
+- 'gi' (guidance-interval): float64, schedule clamped to the net's sigma limits and passed
+  through its `round_sigma` (also t_hat), guide called before the main net, output float32.
+Known, harmless deviations from upstream GI: the guiding net is skipped where w == 1 (GI evaluates
+both nets and lerps with weight 1, which is exact for finite outputs), and churn noise comes from the
+caller's `randn_like` only on steps where churn is active (GI draws a zero-weighted normal tensor from
+the global RNG at every step; with S_churn = 0 it has no numeric effect).
+"""
+
+import dataclasses
+import math
+
+import torch
+
+from edmguide.errors import UserError
+from edmguide.guidance import GuidanceSchedule
+
+MODES = ('edm2', 'gi')
+_MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
+
+#----------------------------------------------------------------------------
+# Noise schedule.
+
+def noise_levels(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=torch.float32, device=None):
+    """Karras rho-schedule t_0 = sigma_max ... t_{N-1} = sigma_min, then t_N = 0 (N+1 values).
+
+    Computed in `dtype` from an integer ramp with Python-float constants, exactly as both upstream
+    samplers do, so float32 gives EDM2's levels and float64 gives GI's.
+    """
+    if num_steps < 2:
+        raise UserError(f'num_steps must be at least 2, got {num_steps}')
+    if not 0 < sigma_min < sigma_max:
+        raise UserError(f'need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}')
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    ramp = torch.arange(num_steps, dtype=dtype, device=device) / (num_steps - 1)
+    t = (hi + ramp * (lo - hi)) ** rho
+    return _append_zero(t)
+
+
+def sampler_sigmas(net, mode='edm2', num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=None, device=None):
+    """The schedule `sample` runs on by default in `mode` (build guidance intervals from this tensor).
+
+    'gi' clamps (sigma_min, sigma_max) to the net's own limits and applies its `round_sigma`.
+    """
+    _check_mode(mode)
+    dtype = dtype or _MODE_DTYPE[mode]
+    if mode == 'gi':
+        sigma_min = max(sigma_min, float(getattr(net, 'sigma_min', 0)))
+        sigma_max = min(sigma_max, float(getattr(net, 'sigma_max', math.inf)))
+        t = noise_levels(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=device)
+        return _append_zero(_round_sigma(net, t[:-1]))
+    return noise_levels(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=device)
+
+#----------------------------------------------------------------------------
+# Counting and guided evaluation.
+
+@dataclasses.dataclass
+class EvalCounter:
+    """Network evaluations per image during `sample` (each call processes every image once).
+
+    Pass a fresh counter (or `reset()`) per batch to read per-image counts.
+    """
+    net: int = 0
+    gnet: int = 0
+
+    @property
+    def total(self):
+        return self.net + self.gnet
+
+    def reset(self):
+        self.net = self.gnet = 0
+
+
+def guided_denoiser(net, gnet, labels, w, *, mode='edm2', dtype=torch.float32, counter=None):
+    """D_w(x, t) = lerp(D_g, D, w) in `dtype`; just D (guide not called) when w == 1."""
+    counter = counter if counter is not None else EvalCounter()
+
+    def main(x, t):
+        counter.net += 1
+        return net(x, t, labels).to(dtype)
+
+    def guide(x, t):
+        counter.gnet += 1
+        return gnet(x, t, labels).to(dtype)
+
+    if w == 1:
+        return main
+    if gnet is None:
+        raise UserError(f'guidance weight {w:g} needs a guiding network (gnet)')
+
+    def denoise(x, t):
+        if mode == 'gi':  # upstream GI evaluates the unconditional/guiding net first
+            ref = guide(x, t)
+            out = main(x, t)
+        else:
+            out = main(x, t)
+            ref = guide(x, t)
+        return torch.lerp(ref, out, w)
+    return denoise
+
+#----------------------------------------------------------------------------
+# The sampler.
+
+def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
+           num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, mode='edm2', dtype=None, out_dtype=None,
+           S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
+           randn_like=torch.randn_like, counter=None, progress=None):
+    """Heun's 2nd-order method from noise to an image (no correction on the last step).
+
+    net, gnet:  denoisers D(x, sigma, class_labels); gnet is the unconditional net (CFG) or a weaker
+                net (autoguidance) -- the sampler does not care which.
+    guidance:   GuidanceSchedule or a number (constant w); None = no guidance. Step i is guided with
+                w(t_i), used for both of its evaluations.
+    sigmas:     schedule tensor [N+1] ending in 0; default `sampler_sigmas(net, mode, ...)`.
+    dtype:      working precision (default float32 for 'edm2', float64 for 'gi');
+    out_dtype:  result dtype (default: dtype for 'edm2', float32 for 'gi').
+    randn_like: churn noise source, e.g. StackedRandomGenerator.randn_like; only called on steps
+                with S_churn > 0 and S_min <= t_i <= S_max.
+    counter:    EvalCounter to add this call's evaluations to.
+    progress:   callable receiving a dict (i, num_steps, sigma, sigma_hat, sigma_next, w, x) per step.
+    """
+    _check_mode(mode)
+    dtype = dtype or _MODE_DTYPE[mode]
+    out_dtype = out_dtype or (dtype if mode == 'edm2' else torch.float32)
+    guidance = _as_schedule(guidance)
+    counter = counter if counter is not None else EvalCounter()
+    if guidance.is_active and gnet is None:
+        raise UserError(f'guidance ({guidance}) needs a guiding network (gnet)')
+    if sigmas is None:
+        sigmas = sampler_sigmas(net, mode, num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=noise.device)
+    sigmas = sigmas.to(dtype=dtype, device=noise.device)
+    steps = len(sigmas) - 1
+    if steps < 1 or sigmas[-1] != 0:
+        raise UserError('noise schedule must have at least two levels and end with 0')
+
+    x = noise.to(dtype) * sigmas[0]
+    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        w = guidance.weight(t_cur)
+        denoise = guided_denoiser(net, gnet, labels, w, mode=mode, dtype=dtype, counter=counter)
+        x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like,
+                              round_sigma=(lambda t: _round_sigma(net, t)) if mode == 'gi' else None)
+        x = _heun_step(denoise, x_hat, t_hat, t_next, correct=(i < steps - 1))
+        if progress is not None:
+            progress(dict(i=i, num_steps=steps, sigma=float(t_cur), sigma_hat=float(t_hat),
+                          sigma_next=float(t_next), w=w, x=x))
+    return x.to(out_dtype)
+
+
+def _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=None):
+    """Raise the noise level to t_hat = (1+gamma) t_cur by adding fresh noise (Alg. 2, lines 4-6)."""
+    if not (S_churn > 0 and S_min <= t_cur <= S_max):
+        return x, t_cur
+    gamma = min(S_churn / steps, math.sqrt(2) - 1)
+    t_hat = t_cur + gamma * t_cur
+    if round_sigma is not None:
+        t_hat = round_sigma(t_hat)
+    x_hat = x + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x)
+    return x_hat, t_hat
+
+
+def _heun_step(denoise, x_hat, t_hat, t_next, correct):
+    """Euler step t_hat -> t_next, then the trapezoidal correction unless t_next is the final 0."""
+    d_cur = (x_hat - denoise(x_hat, t_hat)) / t_hat
+    x_next = x_hat + (t_next - t_hat) * d_cur
+    if correct:
+        d_next = (x_next - denoise(x_next, t_next)) / t_next
+        x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_next)
+    return x_next
+
+#----------------------------------------------------------------------------
+# Helpers.
+
+def _append_zero(t):
+    return torch.cat([t, t.new_zeros([1])])
+
+
+def _round_sigma(net, t):
+    fn = getattr(net, 'round_sigma', None)
+    return torch.as_tensor(fn(t) if fn is not None else t, dtype=t.dtype, device=t.device)
+
+
+def _as_schedule(guidance):
+    if guidance is None:
+        return GuidanceSchedule.none()
+    if isinstance(guidance, GuidanceSchedule):
+        return guidance
+    if isinstance(guidance, (int, float)):
+        return GuidanceSchedule.constant(guidance)
+    raise TypeError(f'guidance must be a GuidanceSchedule or a number, got {type(guidance).__name__}')
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise UserError(f"sampler mode must be one of {MODES}, got {mode!r}")
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Tests for edmguide/gmm.py: the closed-form posterior mean, conditioning, shapes, dtypes and
+the exact sampler of the mixture."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from edmguide.gmm import GaussianMixtureDenoiser
+
+
+def _brute_force_posterior_mean(comps, x, sigma, cls=None):
+    """E[x0|x] from Bayes' rule with explicit matrix inverses (numpy, float64)."""
+    logs, means = [], []
+    for w, mu, cov, c in comps:
+        if cls is not None and c != cls:
+            continue
+        mu, cov = np.asarray(mu, float), np.asarray(cov, float)
+        s = cov + sigma ** 2 * np.eye(len(mu))
+        diff = x - mu
+        logs.append(math.log(w) + scipy.stats.multivariate_normal(mu, s).logpdf(x))
+        means.append(mu + cov @ np.linalg.solve(s, diff))
+    r = np.exp(np.array(logs) - max(logs))
+    return (r[:, None] * np.array(means)).sum(0) / r.sum()
+
+
+COMPS = [(0.3, [0.0, 1.0], [[0.5, 0.2], [0.2, 0.3]], 0),
+         (0.2, [1.0, -1.0], [[0.1, -0.05], [-0.05, 0.2]], 0),
+         (0.5, [-1.0, 0.5], [[0.2, 0.0], [0.0, 0.05]], 1)]
+
+
+@pytest.mark.parametrize('cls', [None, 0, 1])
+def test_posterior_mean_matches_bayes_rule_with_full_covariances(cls):
+    net = GaussianMixtureDenoiser(COMPS)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2
+    sigma = torch.tensor([0.05, 0.3, 1.0, 3.0, 20.0], dtype=torch.float64)
+    labels = None if cls is None else torch.eye(2, dtype=torch.float64)[[cls] * 5]
+    got = net(x, sigma, labels)
+    for k in range(5):
+        want = _brute_force_posterior_mean(COMPS, x[k].numpy(), sigma[k].item(), cls)
+        np.testing.assert_allclose(got[k].numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_single_gaussian_denoiser_is_linear_shrinkage():
+    net = GaussianMixtureDenoiser([(1.0, 0.5, 0.25, None)])
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64).reshape(-1, 1)
+    want = 0.5 + 0.25 / (0.25 + 4.0) * (x - 0.5)
+    torch.testing.assert_close(net(x, torch.tensor(2.0, dtype=torch.float64)), want, rtol=0, atol=1e-15)
+    assert net.label_dim == 0 and (net.img_channels, net.img_resolution) == (1, 1)
+
+
+def test_unconditional_copy_ignores_labels_and_matches_no_label_call():
+    net = GaussianMixtureDenoiser(COMPS)
+    unc = net.unconditional()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    labels = torch.eye(2, dtype=torch.float64)[[0, 1, 0, 1]]
+    assert unc.label_dim == 0 and net.label_dim == 2
+    assert torch.equal(unc(x, 0.5, labels), net(x, 0.5))
+    assert not torch.allclose(net(x, 0.5, labels), net(x, 0.5))
+
+
+def test_accepts_image_shaped_inputs_and_keeps_input_dtype():
+    rng = torch.Generator().manual_seed(1)
+    means = torch.randn(3, 12, generator=rng, dtype=torch.float64)
+    net = GaussianMixtureDenoiser([(1.0, m, 0.1 * (k + 1), k) for k, m in enumerate(means)],
+                                  img_channels=3, img_resolution=2)
+    x = torch.randn(4, 3, 2, 2, generator=rng)
+    labels = torch.eye(3)[[0, 1, 2, 0]]
+    out = net(x, torch.tensor(0.7), labels)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    flat = net(x.double().reshape(4, 12), torch.tensor(0.7, dtype=torch.float64), labels)
+    torch.testing.assert_close(out.reshape(4, 12), flat.float())
+    with pytest.raises(ValueError):
+        net(torch.randn(2, 5), 1.0)
+
+
+def test_noisy_input_near_a_mode_denoises_to_that_mode_at_low_sigma():
+    net = GaussianMixtureDenoiser([(0.5, -1.0, 1e-6, 0), (0.5, 1.0, 1e-6, 1)])
+    out = net(torch.tensor([[-0.9], [1.2]], dtype=torch.float64), 0.3)
+    torch.testing.assert_close(out, torch.tensor([[-1.0], [1.0]], dtype=torch.float64), atol=1e-3, rtol=0)
+
+
+def test_sample_data_matches_exact_cdf_per_class():
+    net = GaussianMixtureDenoiser([(0.3, -1.0, 0.09, 0), (0.2, 1.5, 0.25, 0), (0.5, 0.5, 0.04, 1)])
+    g = torch.Generator().manual_seed(0)
+    for cls in (None, 0, 1):
+        x, c = net.sample_data(20000, class_idx=cls, generator=g)
+        ks = scipy.stats.kstest(x[:, 0].numpy(), lambda v: net.cdf(torch.as_tensor(v), class_idx=cls).numpy())
+        assert ks.statistic < 0.02, cls
+        if cls is not None:
+            assert (c == cls).all()
+    assert net.cdf(torch.tensor([-50.0, 50.0])).tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_log_density_integrates_to_one_and_widens_with_noise():
+    net = GaussianMixtureDenoiser([(0.3, -1.0, 0.09, 0), (0.7, 1.5, 0.25, 1)])
+    grid = torch.linspace(-30, 30, 60001, dtype=torch.float64)
+    for sigma, cls in [(0.0, None), (2.0, None), (0.5, 1)]:
+        p = net.log_density(grid[:, None], sigma, class_idx=cls).exp()
+        assert torch.trapezoid(p, grid).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_module_behaves_like_a_network():
+    net = GaussianMixtureDenoiser(COMPS).to('cpu').eval()
+    assert (net.sigma_min, net.sigma_max) == (0.0, math.inf)
+    assert torch.equal(net.round_sigma(torch.tensor(0.3)), torch.tensor(0.3))
+    sigma_batch = net(torch.zeros(2, 2), torch.tensor([1.0, 1.0]))
+    assert torch.equal(sigma_batch, net(torch.zeros(2, 2), torch.tensor(1.0)))
