@@ -1,0 +1,147 @@
+"""Fréchet metrics (FID, FD_DINOv2) of generated images, in both upstream command-line forms.
+
+Guidance-interval form (one metric of a zip, result appended to <results_dir>/<metric>.jsonl):
+
+    python calculate_metrics.py --gen_zip=net-s0-nimg50000-g2.00-gi.zip --ref_path=img512.pkl --metric=fid
+
+EDM2 form (subcommands):
+
+    python calculate_metrics.py calc --images=DIR_OR_ZIP --ref=REF.pkl [--metrics=fid,fd_dinov2]
+    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl
+    python calculate_metrics.py gen  --net=NET.pkl [--gnet=G.pkl --guidance=2 --guidance_interval="[17, 22]"] --ref=REF.pkl
+
+References are upstream stats pickles or EDM v1 .npz files (paths or URLs). Detectors come from
+the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
+"""
+
+import sys
+
+import click
+import torch
+
+from edmguide.cli import NUMERICS_HELP, parse_guidance_options, sampler_options
+from edmguide.errors import run_cli
+from edmguide.metrics import detectors, pipeline
+from torch_utils import distributed as dist
+
+SUBCOMMANDS = ('calc', 'gen', 'ref')
+
+#----------------------------------------------------------------------------
+# Shared helpers.
+
+def pick_device(device):
+    """--device, else this process's GPU (set by dist.init under torchrun), else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+def print_results(results):
+    """EDM2 style: `<metric> = <value:g>`, once (rank 0)."""
+    if dist.get_rank() == 0:
+        for name, value in results.items():
+            print(f'{name} = {value:g}')
+
+def parse_metrics_option(text):
+    return None if text is None else detectors.parse_metric_list(text)
+
+metrics_help = 'Comma-separated metrics  [default: fid,fd_dinov2, those the reference has]'
+device_option = click.option('--device', help='Torch device  [default: cuda if present, else cpu]', type=str, default=None)
+
+#----------------------------------------------------------------------------
+# Guidance-interval form.
+
+@click.command(context_settings={'help_option_names': ['-h', '--help']},
+               epilog='EDM2 forms: calculate_metrics.py calc|gen|ref --help')
+@click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
+@click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
+@click.option('--results_dir', help='Where <metric>.jsonl is appended', type=str, default='./results', show_default=True)
+@click.option('--metric', help="Metric: 'fid' or 'fd_dinov2'", type=str, default='fid', show_default=True)
+@click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
+@device_option
+def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
+    """Compute one metric of a zip of generated images (guidance-interval form)."""
+    value, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
+                          results_dir=results_dir, batch_size=batch_size, device=pick_device(device))
+    print(f'{detectors.metric_label(metric)} = {value:.2f}')
+
+#----------------------------------------------------------------------------
+# EDM2 form.
+
+@click.group(context_settings={'help_option_names': ['-h', '--help']})
+def edm2_cli():
+    """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
+    dist.init() # joins the process group under torchrun; nothing in a single process
+
+@edm2_cli.command()
+@click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
+@click.option('--metrics', help=metrics_help, type=str, default=None)
+@click.option('--num', 'num_images', help='Number of images to use', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--seed', help='Random seed for choosing the images', type=int, default=0, show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
+@device_option
+def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_workers, device):
+    """Metrics of a set of images against reference statistics."""
+    results = run_cli(lambda: pipeline.calc_metrics_for_images(
+        image_path, ref_path, parse_metrics_option(metrics), num_images=num_images, seed=seed,
+        max_batch_size=max_batch_size, num_workers=num_workers, device=pick_device(device)))
+    print_results(results)
+
+@edm2_cli.command()
+@click.option('--data', 'image_path', help='Directory or zip of dataset images', metavar='PATH|ZIP', type=str, required=True)
+@click.option('--dest', 'dest_path', help='Output statistics pickle', metavar='PKL', type=str, required=True)
+@click.option('--metrics', help='Comma-separated metrics', type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
+@click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
+@device_option
+def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
+    """Reference statistics of a dataset, saved as a pickle."""
+    run_cli(lambda: pipeline.make_reference(
+        image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
+        num_workers=num_workers, device=pick_device(device)))
+    if dist.get_rank() == 0:
+        print(f'Saved reference statistics to "{dest_path}"')
+
+@edm2_cli.command()
+@click.option('--net', 'net_path', help='Main network pickle', metavar='PKL|URL', type=str, required=True)
+@click.option('--gnet', 'gnet_path', help='Guiding network pickle', metavar='PKL|URL', type=str, default=None)
+@click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
+@click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
+@click.option('--guidance_sigma', help='Guide only noise levels in (lo, hi], e.g. "0.28,2.9"', type=str, default=None)
+@click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True)
+@click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None)
+@click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
+@click.option('--metrics', help=metrics_help, type=str, default=None)
+@click.option('--num', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--seed', help='First random seed', type=int, default=0, show_default=True)
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
+@sampler_options
+@device_option
+def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
+        num_images, seed, device, **kwargs):
+    """Metrics of a network's samples, generated on the fly (no images are written)."""
+    def job():
+        interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
+        return pipeline.calc_metrics_for_network(
+            net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
+            guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
+            device=pick_device(device), **kwargs)
+    print_results(run_cli(job))
+
+#----------------------------------------------------------------------------
+
+def main(argv=None):
+    """Dispatch: a first argument calc/gen/ref selects the EDM2 group, anything else the GI form."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        edm2_cli.main(args=argv, prog_name='calculate_metrics.py')
+    else:
+        gi_cli.main(args=argv, prog_name='calculate_metrics.py')
+
+if __name__ == '__main__':
+    main() # pylint: disable=no-value-for-parameter
+
+#----------------------------------------------------------------------------

@@ -1,0 +1,297 @@
+"""End-to-end tests of calculate_metrics.py (both command-line forms), offline with fake detectors."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import calculate_metrics
+import dnnlib
+from edmguide.metrics import detectors
+import helpers_metrics as hm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#----------------------------------------------------------------------------
+# Fixtures.
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A dnnlib cache holding the fake detectors, used through DNNLIB_CACHE_DIR."""
+    cache_dir = hm.install_fake_detectors(str(tmp_path / 'cache'))
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', cache_dir)
+    dnnlib.util.set_cache_dir(None)
+    detectors.clear_detector_cache()
+    yield cache_dir
+    detectors.clear_detector_cache()
+
+@pytest.fixture
+def images():
+    return hm.random_images(12, seed=1)
+
+@pytest.fixture
+def image_dir(tmp_path, images):
+    return hm.write_image_dir(tmp_path / 'imgs', images)
+
+@pytest.fixture
+def image_zip(tmp_path, images):
+    return hm.write_image_zip(tmp_path / 'net-s0-nimg12-g2.00-gi.zip', images)
+
+@pytest.fixture
+def other_ref(tmp_path):
+    """Reference stats of a different image set, with the fake detectors' feature sizes."""
+    other = hm.random_images(20, seed=7)
+    feats = hm.fake_inception_features(torch.from_numpy(other).permute(0, 3, 1, 2)).double().numpy()
+    ref = {'num_images': 20, 'fid': {'mu': feats.mean(0), 'sigma': np.cov(feats, rowvar=False)}}
+    path = tmp_path / 'other-ref.pkl'
+    path.write_bytes(pickle.dumps(ref))
+    return str(path), feats
+
+def invoke(cli, args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+def files_under(folder):
+    return sorted(os.path.join(root, name) for root, _dirs, names in os.walk(folder) for name in names)
+
+def nchw(images):
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+#----------------------------------------------------------------------------
+# Guidance-interval form.
+
+def test_gi_form_prints_fid_and_appends_jsonl(cache, tmp_path, image_zip, images, other_ref):
+    ref_path, ref_feats = other_ref
+    results = tmp_path / 'results'
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), ref_feats)
+    for _ in range(2):
+        result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', ref_path,
+                                                   '--metric', 'fid', '--results_dir', str(results),
+                                                   '--batch_size', '5'])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip().splitlines()[-1] == f'FID = {expected:.2f}'
+    lines = (results / 'fid.jsonl').read_text().splitlines()
+    assert len(lines) == 2
+    record = json.loads(lines[0])
+    assert list(record) == ['gen_zip', 'fid', 'num_gen_images']
+    assert record['gen_zip'] == 'net-s0-nimg12-g2.00-gi'
+    assert record['num_gen_images'] == 12
+    assert record['fid'] == pytest.approx(expected, rel=1e-6)
+
+def test_gi_form_fd_dinov2_uses_pil_resize(cache, tmp_path, image_zip, image_dir):
+    ref_path = tmp_path / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(ref_path),
+                                                 '--metrics', 'fd_dinov2', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', str(ref_path),
+                                               '--metric', 'fd_dinov2', '--results_dir', str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    # Same images; the reference used 'torch' resizing, the GI form 'pil', so close but not equal.
+    value = json.loads((tmp_path / 'fd_dinov2.jsonl').read_text())['fd_dinov2']
+    assert result.stdout.strip() == f'FD_DINOv2 = {value:.2f}'
+    assert 0 < value < 1e-2
+
+def test_gi_form_dispatch_by_subprocess(cache, tmp_path, image_zip, other_ref):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+    cmd = [sys.executable, os.path.join(ROOT, 'calculate_metrics.py'), '--gen_zip', image_zip,
+           '--ref_path', other_ref[0], '--results_dir', str(tmp_path / 'r')]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('FID = ')
+    # An error is one line on stderr, exit 1, and nothing is appended.
+    proc = subprocess.run(cmd[:3] + [str(tmp_path / 'missing.zip')] + cmd[4:], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stdout == ''
+    assert proc.stderr.strip().count('\n') == 0 and 'missing.zip' in proc.stderr
+    assert len((tmp_path / 'r' / 'fid.jsonl').read_text().splitlines()) == 1
+
+#----------------------------------------------------------------------------
+# EDM2 form.
+
+def test_ref_then_calc_of_same_set_is_zero(cache, tmp_path, image_dir, image_zip):
+    dest = tmp_path / 'new' / 'sub' / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest),
+                                                 '--batch', '5', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    with open(dest, 'rb') as f:
+        ref = pickle.load(f)
+    assert list(ref) == ['num_images', 'fid', 'fd_dinov2'] and ref['num_images'] == 12
+    assert ref['fid']['mu'].dtype == np.float64 and ref['fid']['sigma'].shape == (15, 15)
+    assert ref['fd_dinov2']['mu'].shape == (15,)
+    assert [p for p in os.listdir(dest.parent) if p != 'ref.pkl'] == [] # no temp files left
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_zip, '--ref', str(dest),
+                                                 '--num', '12', '--batch', '4', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(' = ')[0] for line in lines] == ['fid', 'fd_dinov2']
+    for line in lines:
+        assert abs(float(line.split(' = ')[1])) < 1e-9
+
+def test_calc_on_directory_matches_independent_fd(cache, image_dir, images, other_ref):
+    ref_path, ref_feats = other_ref
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', ref_path,
+                                                 '--metrics', 'fid', '--num', '12', '--workers', '1'])
+    assert result.exit_code == 0, result.output
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), ref_feats)
+    assert result.stdout.strip() == f'fid = {expected:g}'
+
+def test_calc_subset_follows_seeded_shuffle(cache, image_dir, images, other_ref):
+    ref_path, ref_feats = other_ref
+    subset = np.arange(12)
+    np.random.RandomState(5).shuffle(subset)
+    subset = np.sort(subset[:7])
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images[subset])).numpy(), ref_feats)
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', ref_path,
+                                                 '--metrics', 'fid', '--num', '7', '--seed', '5',
+                                                 '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f'fid = {expected:g}'
+
+def test_calc_with_npz_reference_measures_fid_only(cache, tmp_path, image_dir, other_ref):
+    _ref_path, ref_feats = other_ref
+    npz = tmp_path / 'ref.NPZ'
+    with open(npz, 'wb') as f: # upper-case extension: detection is case-insensitive
+        np.savez(f, mu=ref_feats.mean(0), sigma=np.cov(ref_feats, rowvar=False))
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(npz),
+                                                 '--num', '12', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    out = result.stdout.strip().splitlines()
+    assert out[0].startswith('note: skipping fd_dinov2') and 'ref.NPZ' in out[0]
+    assert len(out) == 2 and out[1].startswith('fid = ')
+
+def test_registered_metric_is_usable_from_the_cli(cache, tmp_path, image_dir):
+    class Brightness(detectors.Detector):
+        def __call__(self, images):
+            return images.float().mean(dim=(2, 3))
+    detectors.register_metric('fd_test', Brightness)
+    try:
+        dest = tmp_path / 'ref.pkl'
+        result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest),
+                                                     '--metrics', 'fd_test', '--workers', '0'])
+        assert result.exit_code == 0, result.output
+        result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(dest),
+                                                     '--metrics', 'fd_test', '--num', '12', '--workers', '0'])
+        assert result.exit_code == 0 and result.stdout.startswith('fd_test = ')
+    finally:
+        detectors.unregister_metric('fd_test')
+
+#----------------------------------------------------------------------------
+# Errors: one line, exit 1, nothing written.
+
+def test_calc_errors(cache, tmp_path, image_dir, other_ref):
+    ref_path, _ = other_ref
+    calc = ['calc', '--images', image_dir, '--ref', ref_path, '--workers', '0']
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc + ['--num', '13']),
+                          'Found 12 images, but expected at least 13')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc + ['--metrics', 'fd_dinov2', '--num', '5']),
+                          'no statistics for metric "fd_dinov2"', 'other-ref.pkl')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc + ['--metrics', 'fid,nope', '--num', '5']),
+                          'Invalid metric "nope"')
+    bad_dim = tmp_path / 'bad-dim.pkl'
+    bad_dim.write_bytes(pickle.dumps({'fid': {'mu': np.zeros(2048), 'sigma': np.eye(2048)}}))
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(bad_dim),
+                                                              '--num', '5', '--workers', '0']),
+                          'gives 15 features, but the reference has 2048')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['calc', '--images', str(tmp_path / 'nothing'),
+                                                              '--ref', ref_path, '--workers', '0']),
+                          'nothing', 'no such file')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref',
+                                                              str(tmp_path / 'no-ref.pkl')]),
+                          'no-ref.pkl', 'not found')
+    garbage = tmp_path / 'garbage.pkl'
+    garbage.write_bytes(b'this is not a pickle')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(garbage)]),
+                          'garbage.pkl', 'cannot read reference')
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_unreadable_entry_is_one_line_error(cache, tmp_path, images, other_ref, workers):
+    bad_zip = hm.write_image_zip(tmp_path / 'bad.zip', images[:4], extra={'000009.png': b'not a png',
+                                                                          'notes.txt': b'ignored'})
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', bad_zip, '--ref', other_ref[0],
+                                                 '--metrics', 'fid', '--num', '5', '--batch', '2',
+                                                 '--workers', str(workers)])
+    assert_one_line_error(result, 'bad.zip', '000009.png', 'cannot read image')
+
+def test_mismatched_image_shape_is_one_line_error(cache, tmp_path, images, other_ref):
+    folder = hm.write_image_dir(tmp_path / 'mixed', images[:3])
+    hm.write_image_dir(folder, hm.random_images(1, size=8), names=['sub/zzz.png'])
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', folder, '--ref', other_ref[0],
+                                                 '--num', '4', '--workers', '0'])
+    assert_one_line_error(result, os.path.join('sub', 'zzz.png'), 'shape [3, 8, 8]')
+
+def test_ref_errors_write_nothing(cache, tmp_path, images):
+    one = hm.write_image_dir(tmp_path / 'one', images[:1])
+    dest = tmp_path / 'out' / 'ref.pkl'
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['ref', '--data', one, '--dest', str(dest),
+                                                              '--workers', '0']),
+                          'need at least 2')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / 'readme.txt').write_text('no images here')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, ['ref', '--data', str(empty), '--dest', str(dest)]),
+                          'no image files found')
+    assert not dest.exists()
+
+def test_gi_form_errors_append_nothing(cache, tmp_path, image_zip, other_ref):
+    results = tmp_path / 'results'
+    gi = ['--gen_zip', image_zip, '--ref_path', other_ref[0], '--results_dir', str(results)]
+    assert_one_line_error(invoke(calculate_metrics.gi_cli, gi + ['--metric', 'kid']), 'Invalid metric "kid"')
+    assert_one_line_error(invoke(calculate_metrics.gi_cli, gi + ['--metric', 'fd_dinov2']),
+                          'no statistics for metric "fd_dinov2"')
+    assert not results.exists()
+
+#----------------------------------------------------------------------------
+# gen: metrics of a network's samples, generated on the fly.
+
+def test_gen_matches_calc_on_the_same_generated_images(cache, tmp_path, tiny_pickles):
+    from edmguide import generation, loading
+    net, encoder = loading.load_network(tiny_pickles['cond'])
+    images = torch.cat([b.images for b in generation.generate_batches(net, encoder, range(3, 9), num_steps=4)])
+    folder = hm.write_image_dir(tmp_path / 'gen', images.permute(0, 2, 3, 1).numpy())
+    dest = tmp_path / 'ref.pkl'
+    assert invoke(calculate_metrics.edm2_cli, ['ref', '--data', hm.write_image_dir(tmp_path / 'other', hm.random_images(8)),
+                                               '--dest', str(dest), '--workers', '0']).exit_code == 0
+    calc = invoke(calculate_metrics.edm2_cli, ['calc', '--images', folder, '--ref', str(dest), '--num', '6',
+                                               '--workers', '0'])
+    before = files_under(tmp_path)
+    gen = invoke(calculate_metrics.edm2_cli, ['gen', '--net', tiny_pickles['cond'], '--ref', str(dest),
+                                              '--num', '6', '--seed', '3', '--steps', '4', '--batch', '4'])
+    assert gen.exit_code == 0, gen.output
+    assert gen.stdout == calc.stdout and gen.stdout.startswith('fid = ')
+    assert files_under(tmp_path) == before # no images written
+
+def test_gen_with_guidance_interval_and_errors(cache, tmp_path, tiny_pickles, image_dir):
+    dest = tmp_path / 'ref.pkl'
+    assert invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest),
+                                               '--metrics', 'fid', '--workers', '0']).exit_code == 0
+    base = ['gen', '--net', tiny_pickles['cond'], '--ref', str(dest), '--metrics', 'fid', '--num', '2', '--steps', '4']
+    guided = base + ['--gnet', tiny_pickles['uncond'], '--guidance', '2']
+    unguided = invoke(calculate_metrics.edm2_cli, base)
+    by_steps = invoke(calculate_metrics.edm2_cli, guided + ['--guidance_interval', '[1, 2]'])
+    assert by_steps.exit_code == 0, by_steps.output
+    assert by_steps.stdout.startswith('fid = ') and by_steps.stdout != unguided.stdout
+    by_sigma = invoke(calculate_metrics.edm2_cli, guided + ['--guidance_sigma', '0.5,20'])
+    assert by_sigma.exit_code == 0, by_sigma.output
+    assert by_sigma.stdout.startswith('fid = ') and by_sigma.stdout != unguided.stdout
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, base + ['--guidance', '2']),
+                          'Please specify --gnet when using guidance')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, guided + ['--guidance_interval', '[1, 2]',
+                                                                       '--guidance_sigma', '0.5,20']),
+                          'not both')
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, base + ['--metrics', 'fid,fd_dinov2']),
+                          'no statistics for metric "fd_dinov2"')
+
+#----------------------------------------------------------------------------
