@@ -1,0 +1,45 @@
+"""Option parsing shared by the command-line scripts (sampler options, guidance options, device).
+
+Only parsing and validation live here; the work is done by library functions.
+"""
+
+import click
+
+from edmguide.errors import UserError
+from edmguide.guidance import parse_interval, parse_sigma_range
+
+NUMERICS_HELP = ("which upstream sampler's arithmetic to reproduce: 'edm2' (float32, as NVlabs/edm2) or "
+                 "'gi' (float64, sigma clamped/rounded by the net, as kynkaat/guidance-interval)")
+PICKLE_NOTE = 'Network pickles contain Python code that runs when they are opened: open only pickles you trust.'
+
+
+def parse_guidance_options(interval_text, sigma_text):
+    """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None)."""
+    interval = parse_interval(interval_text) if interval_text is not None else None
+    sigma_range = parse_sigma_range(sigma_text) if sigma_text is not None else None
+    if interval is not None and sigma_range is not None:
+        raise UserError('use either --guidance_interval (step indices) or --guidance_sigma (noise range), not both')
+    return interval, sigma_range
+
+
+def parse_int_list(text):
+    """Click-friendly wrapper of the seed-list parser ('0-7,12')."""
+    from edmguide.seeds import parse_seed_list
+    return parse_seed_list(text)
+
+
+def sampler_options(func):
+    """The EDM sampler's options, as in upstream EDM2's generate_images.py."""
+    options = [
+        click.option('--steps', 'num_steps', help='Number of sampling steps', type=click.IntRange(min=1), default=32, show_default=True),
+        click.option('--sigma_min', help='Lowest noise level', type=click.FloatRange(min=0, min_open=True), default=0.002, show_default=True),
+        click.option('--sigma_max', help='Highest noise level', type=click.FloatRange(min=0, min_open=True), default=80, show_default=True),
+        click.option('--rho', help='Time step exponent', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
+        click.option('--S_churn', 'S_churn', help='Stochasticity strength', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_min', 'S_min', help='Stoch. min noise level', type=click.FloatRange(min=0), default=0, show_default=True),
+        click.option('--S_max', 'S_max', help='Stoch. max noise level', type=click.FloatRange(min=0), default=float('inf'), show_default=True),
+        click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', type=float, default=1, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -1,0 +1,133 @@
+"""The guidance-interval paper's figure grids, and the demo's labelled comparison grid.
+
+Figure configurations are data (`FIGURES`); `render_figure` samples each class's hashed seeds
+with the guidance-interval numerics (mode 'gi') through the shared generation iterator and lays
+the images out exactly as the paper's grids: file names, grid shapes, red inset boxes and
+Lanczos-zoomed insets. Inset coordinates are given for 512-pixel images and scaled to the
+network's resolution, so the same figures render with small test networks.
+"""
+
+import os
+
+import numpy as np
+
+import dnnlib
+from edmguide import images as imagelib
+from edmguide.generation import build_guidance, generate_batches
+from edmguide.seeds import gi_hashed_seed
+
+THICK_BOX = 7e-3    # line width of the box on the full image (4 px at 512)
+THIN_BOX = 4e-3     # line width of the frame around the zoomed inset (2 px at 512)
+RED = (255, 0, 0)
+GI_SWEEP = [(1, [17, 22]), (3, [17, 22]), (5, [17, 22])]
+CFG_SWEEP = [(1, None), (3, None), (5, None)]
+CONST = [(1.0, [17, 22]), (5.0, [17, 22]), (5.0, None)]
+FIG15_INSETS = [(100, 250, 180), (80, 150, 180), (25, 250, 180), (50, 150, 180)]
+
+
+def _fig(mode, classes, seeds, configs, grid, insets=None):
+    return dnnlib.EasyDict(mode=mode, classes=classes, seeds=seeds, configs=configs, grid=grid, insets=insets)
+
+
+# (mode, classes, seeds per class, (G, step interval or None) configs, (rows, cols), insets (x, y, s)).
+FIGURES = {
+    'fig5': _fig('G_const', [64, 959], [[6, 16, 12, 29], [7, 8, 3, 4]], CONST, (2, 2)),
+    'fig6': _fig('G_sweep', [483, 933], [[8], [9]], GI_SWEEP, (2, 3), [(225, 10, 190), (165, 190, 180)]),
+    'fig8a': _fig('G_sweep', [483], [[17]], CFG_SWEEP, (2, 3), [(150, 175, 180)]),
+    'fig8b': _fig('G_sweep', [483], [[17]], GI_SWEEP, (2, 3), [(150, 175, 180)]),
+    'fig10': _fig('G_const', [17, 33, 497], [[19, 25, 7, 12, 16, 22], [13, 8, 6, 10, 15, 17],
+                                             [29, 28, 27, 24, 23, 22]], CONST, (3, 2)),
+    'fig12': _fig('G_sweep', [324, 360, 105, 555, 397, 698, 849, 970], [[2], [0], [3], [14], [21], [3], [21], [21]],
+                  GI_SWEEP, (2, 3), [(75, 150, 200), (75, 0, 200), (90, 130, 200), (240, 250, 200),
+                                     (275, 50, 200), (150, 50, 200), (200, 0, 200), (225, 50, 190)]),
+    'fig15a': _fig('G_sweep', [33, 64, 1, 504], [[19], [25], [13], [6]], CFG_SWEEP, (2, 3), FIG15_INSETS),
+    'fig15b': _fig('G_sweep', [33, 64, 1, 504], [[19], [25], [13], [6]], GI_SWEEP, (2, 3), FIG15_INSETS),
+}
+
+
+def parse_figure_names(text):
+    """'all' or a comma-separated list of names from FIGURES (in the given order)."""
+    from edmguide.errors import UserError
+    names = list(FIGURES) if text.strip() == 'all' else [n.strip() for n in text.split(',') if n.strip()]
+    unknown = [n for n in names if n not in FIGURES]
+    if unknown or not names:
+        raise UserError(f'unknown figure name(s) {", ".join(unknown) or repr(text)}; choose from: all, {", ".join(FIGURES)}')
+    return names
+
+
+def method_tag(interval):
+    return 'gi' if interval is not None else 'cfg'
+
+
+def _scale_inset(inset, resolution):
+    """Inset (x, y, s) given for 512-pixel images, scaled to `resolution` pixels."""
+    return tuple(int(round(v * resolution / 512)) for v in inset)
+
+
+def _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose):
+    """Decoded images (HWC uint8 list) of `seeds` for `class_idx`, GI-style: hashed seeds, fixed label."""
+    hashed = [gi_hashed_seed(class_idx, s) if class_idx else s for s in seeds]
+    guidance = build_guidance(weight, interval=interval, net=net, mode='gi')
+    out = []
+    for batch in generate_batches(net, encoder, hashed, gnet=gnet, guidance=guidance, class_idx=class_idx,
+                                  max_batch_size=64, device=device, rank=0, world_size=1, mode='gi', sync=False):
+        out += [imagelib.to_hwc_uint8(img) for img in batch.images]
+    if verbose:
+        print(f'  class {class_idx}: G={weight} interval={interval} seeds={list(seeds)}')
+    return out
+
+
+def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbose=False):
+    """Render one figure of FIGURES into `<results_dir>/<name>/`; returns the written paths."""
+    fig = FIGURES[name]
+    rows, cols = fig.grid
+    outdir = os.path.join(results_dir, name)
+    written = []
+    for class_pos, (class_idx, seeds) in enumerate(zip(fig.classes, fig.seeds)):
+        if fig.mode == 'G_const':
+            for weight, interval in fig.configs:
+                tiles = _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose)
+                seed_part = '_'.join(f'{s:03d}' for s in seeds)
+                path = os.path.join(outdir, f'p{class_idx:03d}-s{seed_part}-g{weight:.1f}-{method_tag(interval)}.png')
+                imagelib.save_png(path, imagelib.tile_grid(tiles, rows, cols))
+                written.append(path)
+        else:
+            tiles = []
+            for weight, interval in fig.configs:
+                tiles += _class_images(net, gnet, encoder, class_idx, seeds[:1], weight, interval, device, verbose)
+            resolution = tiles[0].shape[0]
+            x, y, s = _scale_inset(fig.insets[class_pos], resolution)
+            boxed = [imagelib.draw_box(t, x, y, s, THICK_BOX, RED) for t in tiles]
+            insets = [imagelib.draw_box(imagelib.zoom_inset(t, x, y, s), 0, 0, resolution, THIN_BOX, RED) for t in tiles]
+            method = method_tag(fig.configs[-1][1])
+            path = os.path.join(outdir, f'p{class_idx:03d}-s{seeds[0]:03d}-{method}.png')
+            imagelib.save_png(path, imagelib.tile_grid(boxed + insets, rows, cols))
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------
+# Demo comparison grid.
+
+DEMO_METHODS = ('no guidance', 'CFG', 'guidance interval', 'autoguidance', 'autoguidance + interval')
+
+
+def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device='cpu', scale=4, mode='edm2'):
+    """Labelled grid: one row per method (label, guiding net, GuidanceSchedule), one column per (class, seed).
+
+    Every row uses the same seeds, so the rows differ only by guidance. Returns the grid array.
+    """
+    row_images = []
+    for label, gnet, guidance in methods:
+        tiles = []
+        for class_idx in classes:
+            for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=guidance, class_idx=class_idx,
+                                          device=device, rank=0, world_size=1, mode=mode, sync=False):
+                tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
+        strip = imagelib.tile_grid(tiles, 1, len(tiles))
+        if scale > 1:
+            strip = np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)
+        row_images.append(imagelib.add_label(strip, label, height=14))
+    grid = np.concatenate(row_images, axis=0)
+    imagelib.save_png(outpath, grid)
+    return grid

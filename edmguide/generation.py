@@ -1,0 +1,103 @@
+"""The one generation iterator: seeds in, decoded images out, batch by batch.
+
+`generate_images.py` (PNG files and figure grids), `generate_zip.py` (50k-image zips) and
+`calculate_metrics.py gen` (metrics on the fly) all consume `generate_batches`, so the per-seed
+random draws, the sampler call and the decoding exist once. The image for a seed depends only on
+the seed and the settings: every seed has its own random generator, so batch size, position in the
+batch, number of processes and resumption do not change it.
+"""
+
+import os
+import time
+
+import torch
+
+import dnnlib
+from edmguide import sampling, seeds as seedlib
+from edmguide.guidance import GuidanceSchedule
+from torch_utils import distributed as dist
+
+
+def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx=None,
+                     max_batch_size=32, device=torch.device('cpu'), rank=None, world_size=None,
+                     mode='edm2', labels_mode=None, sync=True, **sampler_kwargs):
+    """Yield one EasyDict per batch of this rank's seeds.
+
+    Fields: `images` (uint8 NCHW, on `device`), `latents` (sampler output), `labels`, `seeds`,
+    `indices` (positions in `seeds`), `batch_idx`, `num_batches`, `counter` (network evaluations
+    of this batch), `timing` (seconds spent sampling and decoding).
+
+    Batching follows upstream EDM2 (numpy.array_split over `world_size` ranks); `sync` keeps the
+    upstream barrier after every batch when a process group exists. `mode` picks the upstream
+    sampler whose arithmetic is reproduced ('edm2' or 'gi'); `labels_mode` ('edm2' or 'gi', default
+    = mode) picks how class labels are drawn (see `seeds.draw_noise_and_labels`).
+    """
+    seeds = [int(s) for s in seeds]
+    rank = dist.get_rank() if rank is None else rank
+    world_size = dist.get_world_size() if world_size is None else world_size
+    guidance = guidance if guidance is not None else GuidanceSchedule.none()
+    if guidance.is_active and gnet is None:
+        raise ValueError('guidance needs a guiding network (gnet)')
+    batches = seedlib.rank_batches(len(seeds), max_batch_size, world_size, rank)
+    for batch_idx, indices in enumerate(batches):
+        if len(indices) == 0:
+            if sync and world_size > 1:
+                dist.barrier()
+            continue
+        batch_seeds = [seeds[i] for i in indices]
+        t0 = time.perf_counter()
+        rng = seedlib.StackedRandomGenerator(device, batch_seeds)
+        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=class_idx, mode=labels_mode or mode)
+        counter = sampling.EvalCounter()
+        with torch.no_grad():
+            latents = sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode,
+                                      randn_like=rng.randn_like, counter=counter, **sampler_kwargs)
+            _synchronize(device)
+            t1 = time.perf_counter()
+            images = encoder.decode(latents)
+            _synchronize(device)
+        t2 = time.perf_counter()
+        yield dnnlib.EasyDict(images=images, latents=latents, labels=labels, noise=noise,
+                              seeds=batch_seeds, indices=list(indices), batch_idx=batch_idx,
+                              num_batches=len(batches), counter=counter,
+                              timing=dnnlib.EasyDict(sampling=t1 - t0, decoding=t2 - t1))
+        if sync and world_size > 1:
+            dist.barrier()
+
+
+def _synchronize(device):
+    """Wait for queued GPU work, so that per-stage timings mean something."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def pick_device(requested=None):
+    """`requested` if given, else CUDA when present, else CPU (with a one-line note)."""
+    if requested:
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
+    dist.print0('note: no CUDA device found, running on the CPU (slow for the real EDM2 networks)')
+    return torch.device('cpu')
+
+
+def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', num_steps=32,
+                   sigma_min=0.002, sigma_max=80, rho=7):
+    """w(σ) from user-level options: a weight, plus step indices [start, stop] or a σ range (lo, hi].
+
+    Step indices are turned into the σ range of the schedule that the sampler will actually use
+    (in 'gi' mode that is clamped and rounded by the net), so both forms give identical images.
+    No weight, or weight 1, means no guidance.
+    """
+    from edmguide.errors import UserError
+    if interval is not None and sigma_range is not None:
+        raise UserError('give the guidance interval either as step indices or as a sigma range, not both')
+    if weight is None or weight == 1:
+        return GuidanceSchedule.none()
+    if interval is not None:
+        sigmas = sampling.sampler_sigmas(net, mode=mode, num_steps=num_steps, sigma_min=sigma_min,
+                                         sigma_max=sigma_max, rho=rho)
+        return GuidanceSchedule.step_indices(weight, interval[0], interval[1], sigmas)
+    if sigma_range is not None:
+        return GuidanceSchedule.sigma_range(weight, sigma_range[0], sigma_range[1])
+    return GuidanceSchedule.constant(weight)

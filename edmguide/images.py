@@ -1,0 +1,125 @@
+"""Writing images: PNG encoding, atomic file writes, and figure grids.
+
+Every script that writes an image goes through here, so PNG settings, channel handling and the
+temp-file-then-rename rule live in one place.
+"""
+
+import io
+import os
+import tempfile
+
+import numpy as np
+import PIL.Image
+
+
+def to_hwc_uint8(image):
+    """Accept a CHW/HWC torch tensor or numpy array (uint8) and return a numpy HWC uint8 array."""
+    if hasattr(image, 'detach'):
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise TypeError(f'expected uint8 image, got {image.dtype}')
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
+        image = image.transpose(1, 2, 0)
+    return image
+
+
+def to_pil(image):
+    """Numpy/tensor image -> PIL image (gray for 1 channel, RGB for 3, RGBA for 4)."""
+    hwc = to_hwc_uint8(image)
+    if hwc.shape[2] == 1:
+        return PIL.Image.fromarray(hwc[:, :, 0], 'L')
+    return PIL.Image.fromarray(hwc, {3: 'RGB', 4: 'RGBA'}[hwc.shape[2]])
+
+
+def encode_png(image):
+    """PNG bytes of an image, with PIL's default settings (as upstream's zips)."""
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format='png')
+    return buf.getvalue()
+
+
+def atomic_write(path, data):
+    """Write bytes to `path` through a temp file in the same directory and a rename.
+
+    A crash or Ctrl-C leaves either the old file or the complete new one, never a partial file.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='-' + os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_png(path, image):
+    """Encode and atomically write one PNG."""
+    atomic_write(path, encode_png(image))
+
+
+def seed_image_path(outdir, seed, subdirs=False):
+    """Upstream EDM2 file naming: `<seed:06d>.png`, or grouped per 1000 seeds with `subdirs`."""
+    name = f'{seed:06d}.png'
+    if subdirs:
+        return os.path.join(outdir, f'{seed - seed % 1000:06d}', name)
+    return os.path.join(outdir, name)
+
+
+# ----------------------------------------------------------------------------
+# Grids.
+
+def tile_grid(images, rows, cols):
+    """Paste equally-sized HWC images onto a black canvas, image k at (row k // cols, col k % cols)."""
+    images = [to_hwc_uint8(img) for img in images]
+    h, w, c = images[0].shape
+    canvas = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
+    for k, img in enumerate(images):
+        r, col = divmod(k, cols)
+        canvas[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+    return canvas
+
+
+def draw_box(image, x, y, size, thickness, color):
+    """Square outline inside the `size`x`size` square at (x, y); line width from `thickness`.
+
+    The line is `max(round(H * thickness), 1)` pixels wide (H = image height), as in the paper's
+    figures (7e-3 -> 4 px, 4e-3 -> 2 px at 512 px).
+    """
+    out = to_hwc_uint8(image).copy()
+    width = max(int(out.shape[0] * thickness + 0.5), 1)
+    color = np.asarray(color, dtype=np.uint8)[:out.shape[2]]
+    for t in range(width):
+        out[y + t, x:x + size] = color
+        out[y + size - 1 - t, x:x + size] = color
+        out[y:y + size, x + t] = color
+        out[y:y + size, x + size - 1 - t] = color
+    return out
+
+
+def zoom_inset(image, x, y, size):
+    """The `size`x`size` crop at (x, y), enlarged to the full image size with Lanczos."""
+    hwc = to_hwc_uint8(image)
+    h, w = hwc.shape[:2]
+    crop = to_pil(hwc).crop((x, y, x + size, y + size)).resize((w, h), PIL.Image.LANCZOS)
+    return to_hwc_uint8(np.asarray(crop))
+
+
+def add_label(image, text, height=None):
+    """Image with a white caption strip above it (for the demo comparison grid)."""
+    hwc = to_hwc_uint8(image)
+    if hwc.shape[2] == 1:
+        hwc = np.repeat(hwc, 3, axis=2)
+    height = height or max(12, hwc.shape[1] // 12)
+    strip = PIL.Image.new('RGB', (hwc.shape[1], height), (255, 255, 255))
+    import PIL.ImageDraw
+    draw = PIL.ImageDraw.Draw(strip)
+    draw.text((3, max(0, (height - 11) // 2)), text, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), hwc], axis=0)

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Generate images with EDM2 networks: per-seed PNGs, the guidance-interval paper's figure grids,
+or the embedded demo's comparison grid.
+
+Three ways to call it (the first two are upstream command lines, unchanged):
+  seed mode (NVlabs/edm2):   --preset=NAME | --net=PKL [--gnet=PKL --guidance=W] --outdir=DIR --seeds=0-7
+                             plus --guidance_interval="[17, 22]" or --guidance_sigma="(0.28, 2.9]"
+  figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
+  demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
+"""
+
+import os
+
+import click
+
+from edmguide import cli, figures, images as imagelib, loading, presets
+from edmguide.errors import UserError, run_cli
+from edmguide.generation import build_guidance, generate_batches, pick_device
+from edmguide.guidance import GuidanceSchedule
+from torch_utils import distributed as dist
+
+SAMPLER_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
+
+
+def _load_pair(net_path, gnet_path, device, verbose=False):
+    """Main net + encoder and, if given, the guiding net; rank 0 loads (downloads) first."""
+    if dist.get_rank() != 0:
+        dist.barrier()
+    net, encoder = loading.load_network(net_path, device, verbose=verbose)
+    gnet = loading.load_network(gnet_path, device, want_encoder=False)[0] if gnet_path else None
+    if dist.get_rank() == 0:
+        dist.barrier()
+    return net, gnet, encoder
+
+
+def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
+                         seeds=range(16, 20), class_idx=None, max_batch_size=32, encoder_batch_size=4,
+                         subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
+    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+    device = pick_device(device)
+    if guidance is not None and guidance != 1 and not gnet:
+        raise UserError('Please specify --gnet when using guidance')
+    gnet = gnet if (guidance is not None and guidance != 1) else None
+    net, gnet, encoder = _load_pair(net, gnet, device, verbose)
+    loading.init_encoder(encoder, device, batch_size=encoder_batch_size)
+    schedule = build_guidance(guidance, interval=guidance_interval, sigma_range=guidance_sigma, net=net, mode=numerics,
+                              **{k: v for k, v in sampler_kwargs.items() if k in ('num_steps', 'sigma_min', 'sigma_max', 'rho')})
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
+    written = []
+    for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
+                                  max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
+        for seed, image in zip(batch.seeds, batch.images):
+            path = imagelib.seed_image_path(outdir, seed, subdirs)
+            imagelib.save_png(path, image)
+            written.append(path)
+        if verbose:
+            dist.print0(f'batch {batch.batch_idx + 1}/{batch.num_batches}: evaluations per image net {batch.counter.net}, gnet {batch.counter.gnet}')
+    dist.print0('Done.')
+    return written
+
+
+def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', device=None, verbose=False):
+    """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
+    names = figures.parse_figure_names(figs)
+    device = pick_device(device)
+    net, gnet, encoder = _load_pair(cond_pkl, uncond_pkl, device, verbose)
+    loading.init_encoder(encoder, device, batch_size=8)
+    if not getattr(net, 'label_dim', 0):
+        raise UserError(f'{cond_pkl}: the figures need a class-conditional network (label_dim is 0)')
+    written = []
+    for name in names:
+        print(f'Rendering {name}...')
+        written += figures.render_figure(name, net, gnet, encoder, results_dir, device=device, verbose=verbose)
+    print('Done.')
+    return written
+
+
+def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))):
+    """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
+    device = pick_device(device or 'cpu')
+    files = presets.DEMO_FILES
+    net, encoder = loading.load_network(files.cond, device)
+    guides = dict(uncond=loading.load_network(files.uncond, device, want_encoder=False)[0],
+                  bad=loading.load_network(files.bad, device, want_encoder=False)[0], none=None)
+    methods = []
+    for label, guide, weight, interval in presets.DEMO_METHODS:
+        methods.append((label, guides[guide], build_guidance(weight, interval=interval, net=net, mode='edm2')))
+    path = os.path.join(outdir, 'demo-comparison.png')
+    figures.render_comparison(methods, net, encoder, classes, list(seeds), path, device=device)
+    print(f'Wrote {path}: rows = ' + ', '.join(m[0] for m in methods) + f'; columns = classes {list(classes)} x seeds {list(seeds)}')
+    return path
+
+
+@click.command(epilog=cli.PICKLE_NOTE)
+@click.option('--preset', help='Configuration preset (see README), e.g. edm2-img512-s-guid-fid or demo', metavar='STR')
+@click.option('--net', help='Network pickle filename or URL', metavar='PATH|URL')
+@click.option('--gnet', help='Guiding network pickle filename or URL', metavar='PATH|URL')
+@click.option('--outdir', help='Where to save the output images', metavar='DIR')
+@click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True)
+@click.option('--seeds', help='List of random seeds (e.g. 1,2,5-10)', metavar='LIST', default='16-19', show_default=True)
+@click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0))
+@click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
+@click.option('--guidance', help='Guidance strength  [default: 1; no guidance]', type=float)
+@click.option('--guidance_interval', help='Guide only steps "[start, stop]" (inclusive indices)', metavar='"[I0, I1]"')
+@click.option('--guidance_sigma', help='Guide only noise levels "(lo, hi]"', metavar='LO,HI')
+@click.option('--numerics', type=click.Choice(['edm2', 'gi']), default=None, help=cli.NUMERICS_HELP + '  [default: edm2; gi in figure mode]')
+@click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
+@click.option('--cond_pkl', help='Figure mode: conditional network pickle', metavar='PKL')
+@click.option('--uncond_pkl', help='Figure mode: guiding (unconditional) network pickle', metavar='PKL')
+@click.option('--figs', help='Figure mode: comma-separated figure names or "all"', metavar='LIST')
+@click.option('--results_dir', help='Figure mode: output directory', metavar='DIR', default='./results', show_default=True)
+@click.option('--seed', help='Figure mode: accepted for compatibility, unused', type=int, default=0)
+@click.option('--verbose', help='Print sampler details', is_flag=True)
+@cli.sampler_options
+def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, **opts):
+    """Generate images using the given model(s)."""
+    del seed
+
+    def work():
+        if cond_pkl or uncond_pkl or figs:
+            if not (cond_pkl and uncond_pkl):
+                raise UserError('figure mode needs both --cond_pkl and --uncond_pkl')
+            return generate_figures(cond_pkl, uncond_pkl, figs or 'all', results_dir, device=device, verbose=verbose)
+        if preset == 'demo' or (preset is None and net is None):
+            return generate_demo(outdir or 'out/demo', device=device)
+        interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+        settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
+        if preset is not None:
+            chosen = presets.get_preset(preset)
+            if chosen is None:
+                raise click.UsageError(f'Invalid configuration preset "{preset}"')
+            for key in ('net', 'gnet', 'guidance'):
+                if settings[key] is None:
+                    settings[key] = chosen[key]
+            if interval is None and sigma_range is None and chosen.get('guidance_interval'):
+                interval = tuple(chosen.guidance_interval)
+        if settings['net'] is None:
+            raise click.UsageError('Please specify either --preset or --net')
+        if settings['guidance'] is not None and settings['guidance'] != 1 and settings['gnet'] is None:
+            raise click.UsageError('Please specify --gnet when using guidance')
+        if outdir is None:
+            raise click.UsageError('Please specify --outdir')
+        dist.init()
+        return generate_seed_images(settings['net'], outdir, gnet=settings['gnet'], guidance=settings['guidance'],
+                                    guidance_interval=interval, guidance_sigma=sigma_range, seeds=cli.parse_int_list(seeds),
+                                    numerics=numerics or 'edm2', device=device, verbose=verbose, **opts)
+    run_cli(work)
+
+
+if __name__ == '__main__':
+    main()

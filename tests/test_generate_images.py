@@ -1,0 +1,99 @@
+"""generate_images.py: seed mode (EDM2 command lines), figure mode (GI command lines), errors."""
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import generate_images
+from edmguide import figures
+from cli_helpers import assert_one_line_error, invoke, run_script
+
+
+def _png_bytes(folder):
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+
+
+def test_seed_images_identical_bytes_for_batch_sizes_1_and_5(tiny_pickles, tmp_path):
+    common = ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'], '--guidance', '2.5',
+              '--guidance_interval', '[10, 20]', '--seeds', '3-7,11', '--steps', '24']
+    for batch in (1, 5):
+        result = invoke(generate_images.main, common + ['--outdir', tmp_path / f'b{batch}', '--batch', batch])
+        assert result.exit_code == 0, result.output
+    one, five = _png_bytes(tmp_path / 'b1'), _png_bytes(tmp_path / 'b5')
+    assert list(one) == ['000003.png', '000004.png', '000005.png', '000006.png', '000007.png', '000011.png']
+    assert one == five
+    images = [np.asarray(PIL.Image.open(tmp_path / 'b1' / name)) for name in one]
+    assert images[0].shape == (16, 16, 3)
+    assert not np.array_equal(images[0], images[1])  # different seeds, different images
+
+
+def test_subdirs_group_seeds_per_thousand(tiny_pickles, tmp_path):
+    result = invoke(generate_images.main, ['--net', tiny_pickles['uncond'], '--outdir', tmp_path, '--subdirs',
+                                           '--seeds', '999,1000', '--steps', '4'])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / '000000' / '000999.png').is_file()
+    assert (tmp_path / '001000' / '001000.png').is_file()
+
+
+def test_sigma_range_and_step_indices_give_identical_pngs(tiny_pickles, tmp_path):
+    from edmguide.sampling import sampler_sigmas
+    t = sampler_sigmas(None, 'edm2', num_steps=32)
+    sigma = f'({float(t[23])!r}, {float(t[17])!r}]'
+    common = ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'], '--guidance', '3', '--seeds', '0-1', '--class', '7']
+    assert invoke(generate_images.main, common + ['--outdir', tmp_path / 'idx', '--guidance_interval', '[17, 22]']).exit_code == 0
+    assert invoke(generate_images.main, common + ['--outdir', tmp_path / 'sig', '--guidance_sigma', sigma]).exit_code == 0
+    assert invoke(generate_images.main, common + ['--outdir', tmp_path / 'cfg']).exit_code == 0
+    assert _png_bytes(tmp_path / 'idx') == _png_bytes(tmp_path / 'sig')
+    assert _png_bytes(tmp_path / 'idx') != _png_bytes(tmp_path / 'cfg')
+
+
+@pytest.mark.parametrize('name', list(figures.FIGURES))
+def test_every_figure_renders_with_expected_names_and_grid_sizes(tiny_pickles, tmp_path, name):
+    fig = figures.FIGURES[name]
+    result = invoke(generate_images.main, ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'],
+                                           '--figs', name, '--results_dir', tmp_path])
+    assert result.exit_code == 0, result.output
+    files = sorted(os.listdir(tmp_path / name))
+    rows, cols = fig.grid
+    if fig.mode == 'G_const':
+        expected = [f'p{c:03d}-s{"_".join(f"{s:03d}" for s in seeds)}-g{g:.1f}-{figures.method_tag(i)}.png'
+                    for c, seeds in zip(fig.classes, fig.seeds) for g, i in fig.configs]
+    else:
+        expected = [f'p{c:03d}-s{seeds[0]:03d}-{figures.method_tag(fig.configs[-1][1])}.png'
+                    for c, seeds in zip(fig.classes, fig.seeds)]
+    assert files == sorted(expected)
+    for file in files:
+        assert PIL.Image.open(tmp_path / name / file).size == (cols * 16, rows * 16)
+
+
+def test_sweep_figure_has_red_boxes_and_zoomed_insets(tiny_pickles, tmp_path):
+    invoke(generate_images.main, ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'],
+                                  '--figs', 'fig8b', '--results_dir', tmp_path])
+    grid = np.asarray(PIL.Image.open(tmp_path / 'fig8b' / 'p483-s017-gi.png'))
+    x, y, s = (round(v * 16 / 512) for v in (150, 175, 180))
+    top = grid[:16, :16]
+    assert (top[y, x:x + s] == [255, 0, 0]).all()           # box on the full image
+    inset = grid[16:32, :16]
+    assert (inset[0, :] == [255, 0, 0]).all() and (inset[:, -1] == [255, 0, 0]).all()  # frame of the inset
+    assert not np.array_equal(grid[:16, :16], grid[:16, 32:48])  # G = 1 vs G = 5 differ
+
+
+def test_unknown_figure_and_missing_file_are_one_line_errors(tiny_pickles, tmp_path):
+    result = run_script('generate_images.py', ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'],
+                                               '--figs', 'fig99', '--results_dir', tmp_path])
+    assert_one_line_error(result, 'fig99')
+    result = run_script('generate_images.py', ['--net', tmp_path / 'nope.pkl', '--outdir', tmp_path])
+    assert_one_line_error(result, 'nope.pkl')
+    result = run_script('generate_images.py', ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'],
+                                               '--guidance', '2', '--guidance_interval', '[22, 17]', '--outdir', tmp_path])
+    assert_one_line_error(result, '[22, 17]')
+    assert not any(tmp_path.glob('*.png'))
+
+
+def test_preset_errors_match_upstream_messages(tmp_path):
+    result = invoke(generate_images.main, ['--preset', 'nonsense', '--outdir', tmp_path])
+    assert result.exit_code != 0 and 'Invalid configuration preset "nonsense"' in result.output
+    result = invoke(generate_images.main, ['--net', 'x.pkl', '--guidance', '2', '--outdir', tmp_path])
+    assert result.exit_code != 0 and 'Please specify --gnet when using guidance' in result.output

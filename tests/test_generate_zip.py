@@ -1,0 +1,88 @@
+"""generate_zip.py: upstream GI command lines, zip naming/entries, resumption after kill -9, torchrun."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import PIL.Image
+
+from cli_helpers import ROOT, assert_one_line_error, run_script, script_env
+
+
+def _zip_entries(path):
+    with zipfile.ZipFile(path) as zf:
+        return [(info.filename, zf.read(info)) for info in zf.infolist()]
+
+
+def _zip_args(pickles, zip_dir, n, steps=32, interval='[17, 22]'):
+    return ['--cond_pkl', pickles['cond'], '--uncond_pkl', pickles['uncond'], '--zip_dir', zip_dir,
+            '--num_images', n, '--batch_size', 3, '--guidance_scale', 2.0, '--guidance_interval', interval,
+            '--steps', steps]
+
+
+def test_zip_name_entries_and_resume_after_kill_9(tiny_pickles, tmp_path):
+    n = 24
+    ref = run_script('generate_zip.py', _zip_args(tiny_pickles, tmp_path / 'ref', n))
+    assert ref.returncode == 0, ref.stderr
+    ref_zip = tmp_path / 'ref' / 'tiny-cond-s0-nimg24-g2.00-gi.zip'
+    entries = _zip_entries(ref_zip)
+    assert [name for name, _ in entries] == [f'{k:06d}.png' for k in range(n)]
+    assert np.asarray(PIL.Image.open(zipfile.ZipFile(ref_zip).open('000000.png'))).shape == (16, 16, 3)
+
+    # Start the same run, kill -9 it once some images exist, rerun, compare.
+    out = tmp_path / 'killed'
+    cmd = [sys.executable, os.path.join(ROOT, 'generate_zip.py')] + [str(a) for a in _zip_args(tiny_pickles, out, n)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / 'tiny-cond-s0-nimg24-g2.00-gi.zip.parts'
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(parts.glob('0*.png'))) < 6:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name: p.read_bytes() for p in parts.glob('0*.png')}
+    assert 6 <= len(done_before) < n
+    assert not (out / 'tiny-cond-s0-nimg24-g2.00-gi.zip').exists()
+
+    rerun = run_script('generate_zip.py', _zip_args(tiny_pickles, out, n))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f'{len(done_before)} of {n} images already done' in rerun.stdout
+    final = out / 'tiny-cond-s0-nimg24-g2.00-gi.zip'
+    assert final.read_bytes() == ref_zip.read_bytes()
+    assert not parts.exists()
+    assert dict(_zip_entries(final))['000000.png'] == done_before.get('000000.png', dict(_zip_entries(final))['000000.png'])
+
+
+def test_two_processes_with_torchrun_give_the_same_zip(tiny_pickles, tmp_path):
+    n = 7
+    single = run_script('generate_zip.py', _zip_args(tiny_pickles, tmp_path / 'one', n, 8, '[2, 5]'))
+    assert single.returncode == 0, single.stderr
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'generate_zip.py')] + [str(a) for a in _zip_args(tiny_pickles, tmp_path / 'two', n, 8, '[2, 5]')]
+    multi = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    name = 'tiny-cond-s0-nimg7-g2.00-gi.zip'
+    assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'two' / name).read_bytes()
+
+
+def test_cfg_naming_and_changed_settings_refused(tiny_pickles, tmp_path):
+    args = ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'], '--zip_dir', tmp_path,
+            '--num_images', 2, '--guidance_scale', 1.2, '--guidance_interval', 'None', '--steps', 4]
+    result = run_script('generate_zip.py', args)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / 'tiny-cond-s0-nimg2-g1.20-cfg.zip').is_file()
+    parts = tmp_path / 'tiny-cond-s0-nimg3-g1.20-cfg.zip.parts'
+    parts.mkdir()
+    (parts / 'settings.json').write_text('{"net": "something else"}')
+    result = run_script('generate_zip.py', args[:7] + [3] + args[8:])
+    assert_one_line_error(result, 'other settings')
+
+
+def test_bad_interval_is_a_one_line_error(tiny_pickles, tmp_path):
+    result = run_script('generate_zip.py', ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'],
+                                            '--zip_dir', tmp_path, '--num_images', 2, '--guidance_interval', '[17, 40]'])
+    assert_one_line_error(result, '40')
+    assert not list(tmp_path.glob('*.zip'))
