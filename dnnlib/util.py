@@ -173,14 +173,7 @@ def format_time(seconds: int | float) -> str:
 
 def format_time_brief(seconds: int | float) -> str:
     """Shorter duration with the two most significant units: '7s', '2m 05s', '3h 04m', '2d 03h'."""
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f'{s}s'
-    if s < 60 * 60:
-        return f'{s // 60}m {s % 60:02}s'
-    if s < 24 * 60 * 60:
-        return f'{s // 3600}h {(s // 60) % 60:02}m'
-    return f'{s // 86400}d {(s // 3600) % 24:02}h'
+    return ' '.join(format_time(seconds).split()[:2])
 
 def ask_yes_no(question: str) -> bool:
     """Prompt until the user answers yes or no (EDM v1 compatibility)."""

@@ -49,3 +49,17 @@ def tiny_pickles(tmp_path_factory):
         uncond=save_network_pickle(folder / 'tiny-uncond.pkl', make_tiny_net(0, 2)),
         bad=save_network_pickle(folder / 'tiny-bad.pkl', make_tiny_net(1000, 3, channels=4)),
     )
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A dnnlib cache holding fake FID/DINOv2 detectors, used through DNNLIB_CACHE_DIR (no network)."""
+    import dnnlib
+    import helpers_metrics
+    from edmguide.metrics import detectors
+    cache_dir = helpers_metrics.install_fake_detectors(str(tmp_path / 'cache'))
+    monkeypatch.setenv('DNNLIB_CACHE_DIR', cache_dir)
+    dnnlib.util.set_cache_dir(None)
+    detectors.clear_detector_cache()
+    yield cache_dir
+    detectors.clear_detector_cache()

@@ -21,15 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #----------------------------------------------------------------------------
 # Fixtures.
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A dnnlib cache holding the fake detectors, used through DNNLIB_CACHE_DIR."""
-    cache_dir = hm.install_fake_detectors(str(tmp_path / 'cache'))
-    monkeypatch.setenv('DNNLIB_CACHE_DIR', cache_dir)
-    dnnlib.util.set_cache_dir(None)
-    detectors.clear_detector_cache()
-    yield cache_dir
-    detectors.clear_detector_cache()
 
 @pytest.fixture
 def images():

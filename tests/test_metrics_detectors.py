@@ -10,14 +10,6 @@ from edmguide.errors import UserError
 from edmguide.metrics import detectors
 import helpers_metrics as hm
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    cache_dir = hm.install_fake_detectors(str(tmp_path / 'cache'))
-    monkeypatch.setenv('DNNLIB_CACHE_DIR', cache_dir)
-    dnnlib.util.set_cache_dir(None)
-    detectors.clear_detector_cache()
-    yield cache_dir
-    detectors.clear_detector_cache()
 
 def test_builtin_metrics_and_labels():
     assert detectors.metric_names()[:2] == ['fid', 'fd_dinov2']
