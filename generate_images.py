@@ -12,6 +12,7 @@ Three ways to call it (the first two are upstream command lines, unchanged):
 import os
 
 import click
+import tqdm
 
 from edmguide import cli, figures, images as imagelib, loading, presets
 from edmguide.errors import UserError, run_cli
@@ -47,14 +48,17 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_inte
                               **{k: v for k, v in sampler_kwargs.items() if k in ('num_steps', 'sigma_min', 'sigma_max', 'rho')})
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
     written = []
+    bar = tqdm.tqdm(total=len(seeds), unit='img', disable=dist.get_rank() != 0, leave=False)
     for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
                                   max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
         for seed, image in zip(batch.seeds, batch.images):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
             written.append(path)
+        bar.update(len(batch.seeds) * dist.get_world_size())
         if verbose:
-            dist.print0(f'batch {batch.batch_idx + 1}/{batch.num_batches}: evaluations per image net {batch.counter.net}, gnet {batch.counter.gnet}')
+            bar.write(f'batch {batch.batch_idx + 1}/{batch.num_batches}: evaluations per image net {batch.counter.net}, gnet {batch.counter.gnet}')
+    bar.close()
     dist.print0('Done.')
     return written
 

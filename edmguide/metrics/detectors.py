@@ -176,3 +176,11 @@ register_metric('fid', inception_v3, label='FID')
 register_metric('fd_dinov2', DINOv2Detector, label='FD_DINOv2')
 
 #----------------------------------------------------------------------------
+
+def demo_digits_features():
+    """The embedded demo's digit feature network (trained by this project, shipped in the repo)."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'demo', 'assets', 'digits-features.pkl')
+    return PickledFeatureNet(path, name='demo digits feature network')
+
+register_metric('fd_digits', demo_digits_features, label='FD_digits')

@@ -130,6 +130,8 @@ def resolve_metrics(requested, ref, ref_path):
     available = stats_lib.reference_metrics(ref)
     if requested is None:
         chosen = [name for name in DEFAULT_METRICS if name in available]
+        if not chosen:  # e.g. the demo's reference: use the registered metrics it has
+            chosen = [name for name in detectors.metric_names() if name in available]
         for name in DEFAULT_METRICS:
             if name not in available:
                 _note0(f'note: skipping {name}, which {ref_path} has no statistics for')
