@@ -19,7 +19,7 @@ import sys
 import click
 import torch
 
-from edmguide.cli import NUMERICS_HELP, parse_guidance_options, sampler_options
+from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
 from edmguide.errors import run_cli
 from edmguide.metrics import detectors, pipeline
 from torch_utils import distributed as dist
@@ -57,7 +57,7 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
 @click.option('--results_dir', help='Where <metric>.jsonl is appended', type=str, default='./results', show_default=True)
-@click.option('--metric', help="Metric: 'fid' or 'fd_dinov2'", type=str, default='fid', show_default=True)
+@click.option('--metric', help="Metric: 'fid', 'fd_dinov2' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
 @click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
@@ -105,7 +105,7 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
-@edm2_cli.command()
+@edm2_cli.command(epilog=PICKLE_NOTE)
 @click.option('--net', 'net_path', help='Main network pickle', metavar='PKL|URL', type=str, required=True)
 @click.option('--gnet', 'gnet_path', help='Guiding network pickle', metavar='PKL|URL', type=str, default=None)
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
