@@ -6,7 +6,7 @@ temp-file-then-rename rule live in one place.
 
 import io
 import os
-import tempfile
+import uuid
 
 import numpy as np
 import PIL.Image
@@ -41,17 +41,22 @@ def encode_png(image):
     return buf.getvalue()
 
 
+def temp_path_beside(path):
+    """A fresh hidden temp name in the folder of `path` (same file system, so rename is atomic)."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(directory, f'.tmp-{uuid.uuid4().hex}-{name}')
+
+
 def atomic_write(path, data):
     """Write bytes to `path` through a temp file in the same directory and a rename.
 
     A crash or Ctrl-C leaves either the old file or the complete new one, never a partial file.
+    The file gets the usual permissions (umask), unlike `tempfile.mkstemp`'s private 0600.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='-' + os.path.basename(path), dir=directory)
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    tmp = temp_path_beside(path)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with open(tmp, 'xb') as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 
@@ -79,9 +78,7 @@ def _zip_is_complete(zip_path, settings):
 
 def assemble_zip(parts_dir, zip_path, num_images, settings):
     """Write the zip from the finished parts under a temp name, then rename it into place."""
-    directory = os.path.dirname(os.path.abspath(zip_path))
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.zip', dir=directory)
-    os.close(fd)
+    tmp = imagelib.temp_path_beside(zip_path)
     try:
         with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
             for k in range(num_images):
