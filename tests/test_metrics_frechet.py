@@ -51,3 +51,16 @@ def test_float32_inputs_are_computed_in_float64():
 def test_mismatched_shapes_raise():
     with pytest.raises(ValueError, match='mismatched'):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+def test_trace_is_exact_for_commuting_covariances_with_decaying_spectra():
+    # S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T  =>  tr sqrt(S1 S2) = sum sqrt(a b) exactly.
+    # Spectra spanning 1e-9 .. 1 (as Inception features do) defeat square roots of computed eigenvalues.
+    from edmguide.metrics.frechet import trace_sqrt_product
+    rng = np.random.default_rng(3)
+    d = 512
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    a = np.exp(-np.arange(d) / 25.0) * rng.uniform(0.5, 1.5, d)
+    b = np.exp(-np.arange(d) / 20.0) * rng.uniform(0.5, 1.5, d)
+    exact = np.sqrt(a * b).sum()
+    value = trace_sqrt_product((q * a) @ q.T, (q * b) @ q.T)
+    assert abs(value - exact) / exact < 1e-12

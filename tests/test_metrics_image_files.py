@@ -73,3 +73,25 @@ def test_errors(tmp_path):
     np.save(sixteen / 'a.npy', np.zeros((2, 2), np.uint16))
     with pytest.raises(UserError, match='8-bit'):
         ImageFiles(str(sixteen))
+
+def test_zip_reads_correctly_through_forked_dataloader_workers(tmp_path):
+    # The dataset opens the zip in __init__ (to check the first image); forked workers must not
+    # share that handle, or reads interleave and fail with bad CRCs.
+    import io
+    import zipfile
+    import PIL.Image
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (24, 24, 3), dtype=np.uint8) for _ in range(48)]
+    with zipfile.ZipFile(tmp_path / 'imgs.zip', 'w') as zf:
+        for k, arr in enumerate(arrays):
+            buf = io.BytesIO()
+            PIL.Image.fromarray(arr).save(buf, format='png')
+            zf.writestr(f'{k:06d}.png', buf.getvalue())
+    dataset = ImageFiles(tmp_path / 'imgs.zip')
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=collate_images,
+                                         multiprocessing_context='fork')
+    seen = []
+    for images, error in loader:
+        assert not error, error
+        seen += [img.permute(1, 2, 0).numpy() for img in images]
+    assert len(seen) == 48 and all(np.array_equal(s, a) for s, a in zip(seen, arrays))

@@ -86,6 +86,7 @@ class ImageFiles(torch.utils.data.Dataset):
         self.num_found = len(all_names)
         self.names = [all_names[i] for i in select_subset(len(all_names), max_size, seed)]
         self._zip = None
+        self._zip_pid = None
         first, error = self.load(0)
         if error:
             raise UserError(error)
@@ -94,8 +95,11 @@ class ImageFiles(torch.utils.data.Dataset):
     def _open(self, name):
         if self._kind == 'dir':
             return open(os.path.join(self.path, name), 'rb')
-        if self._zip is None: # opened lazily, so that each DataLoader worker has its own handle
+        # One handle per process: DataLoader workers are forked with a copy of this object, and a
+        # zip handle shared across processes reads garbage (their file offsets interfere).
+        if self._zip is None or self._zip_pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
         return self._zip.open(name, 'r')
 
     def load(self, idx):
@@ -114,7 +118,7 @@ class ImageFiles(torch.utils.data.Dataset):
         return image, ''
 
     def __getstate__(self):
-        return dict(self.__dict__, _zip=None)
+        return dict(self.__dict__, _zip=None, _zip_pid=None)
 
     def __len__(self):
         return len(self.names)
