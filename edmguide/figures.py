@@ -117,13 +117,15 @@ def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device=
 
     Every row uses the same seeds, so the rows differ only by guidance. Returns the grid array.
     """
+    column_seeds = [s for _ in classes for s in seeds]
+    column_classes = [c for c in classes for _ in seeds]
     row_images = []
     for label, gnet, guidance in methods:
         tiles = []
-        for class_idx in classes:
-            for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=guidance, class_idx=class_idx,
-                                          device=device, rank=0, world_size=1, mode=mode, sync=False):
-                tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
+        for batch in generate_batches(net, encoder, column_seeds, gnet=gnet, guidance=guidance, class_idx=column_classes,
+                                      max_batch_size=len(column_seeds), device=device, rank=0, world_size=1, mode=mode,
+                                      sync=False):
+            tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
         strip = imagelib.tile_grid(tiles, 1, len(tiles))
         if scale > 1:
             strip = np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)

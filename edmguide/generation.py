@@ -10,6 +10,7 @@ batch, number of processes and resumption do not change it.
 import os
 import time
 
+import numpy as np
 import torch
 
 import dnnlib
@@ -20,15 +21,19 @@ from torch_utils import distributed as dist
 
 def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx=None,
                      max_batch_size=32, device=torch.device('cpu'), rank=None, world_size=None,
-                     mode='edm2', labels_mode=None, sync=True, **sampler_kwargs):
+                     mode='edm2', labels_mode=None, sync=True, batches=None, **sampler_kwargs):
     """Yield one EasyDict per batch of this rank's seeds.
 
+    `class_idx`: None (random class per seed, drawn from the seed), one class for all seeds, or a
+    sequence with one class per seed.
     Fields: `images` (uint8 NCHW, on `device`), `latents` (sampler output), `labels`, `seeds`,
     `indices` (positions in `seeds`), `batch_idx`, `num_batches`, `counter` (network evaluations
     of this batch), `timing` (seconds spent sampling and decoding).
 
-    Batching follows upstream EDM2 (numpy.array_split over `world_size` ranks); `sync` keeps the
-    upstream barrier after every batch when a process group exists. `mode` picks the upstream
+    Batching follows upstream EDM2 (numpy.array_split over `world_size` ranks) unless `batches`
+    gives this rank's index arrays explicitly (e.g. `seeds.fixed_chunks` dealt over ranks, which
+    makes the result independent of the number of processes); `sync` keeps the upstream barrier
+    after every batch when a process group exists (every rank must then get as many batches). `mode` picks the upstream
     sampler whose arithmetic is reproduced ('edm2' or 'gi'); `labels_mode` ('edm2' or 'gi', default
     = mode) picks how class labels are drawn (see `seeds.draw_noise_and_labels`).
     """
@@ -38,7 +43,8 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
     guidance = guidance if guidance is not None else GuidanceSchedule.none()
     if guidance.is_active and gnet is None:
         raise ValueError('guidance needs a guiding network (gnet)')
-    batches = seedlib.rank_batches(len(seeds), max_batch_size, world_size, rank)
+    if batches is None:
+        batches = seedlib.rank_batches(len(seeds), max_batch_size, world_size, rank)
     for batch_idx, indices in enumerate(batches):
         if len(indices) == 0:
             if sync and world_size > 1:
@@ -47,7 +53,8 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
         batch_seeds = [seeds[i] for i in indices]
         t0 = time.perf_counter()
         rng = seedlib.StackedRandomGenerator(device, batch_seeds)
-        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=class_idx, mode=labels_mode or mode)
+        batch_classes = class_idx if class_idx is None or np.ndim(class_idx) == 0 else [class_idx[i] for i in indices]
+        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=batch_classes, mode=labels_mode or mode)
         counter = sampling.EvalCounter()
         with torch.no_grad():
             latents = sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode,

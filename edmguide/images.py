@@ -10,6 +10,7 @@ import uuid
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 
 
 def to_hwc_uint8(image):
@@ -124,7 +125,6 @@ def add_label(image, text, height=None):
         hwc = np.repeat(hwc, 3, axis=2)
     height = height or max(12, hwc.shape[1] // 12)
     strip = PIL.Image.new('RGB', (hwc.shape[1], height), (255, 255, 255))
-    import PIL.ImageDraw
     draw = PIL.ImageDraw.Draw(strip)
     draw.text((3, max(0, (height - 11) // 2)), text, fill=(0, 0, 0))
     return np.concatenate([np.asarray(strip), hwc], axis=0)

@@ -47,6 +47,9 @@ class StackedRandomGenerator:
 def draw_noise_and_labels(rng, net, class_idx=None, mode='edm2'):
     """Initial noise [B, C, R, R] (float32), then one-hot labels [B, label_dim] or None.
 
+    `class_idx`: None (a random class per seed), one class for every seed, or a list with one class
+    per seed.
+
     Draw order per seed as upstream: noise first, then the label index. In 'edm2' mode the label
     is drawn even for a fixed class (then overwritten), in 'gi' mode a fixed class skips the draw;
     either way the noise is the same.
@@ -58,13 +61,18 @@ def draw_noise_and_labels(rng, net, class_idx=None, mode='edm2'):
     label_dim = int(getattr(net, 'label_dim', 0) or 0)
     if label_dim == 0:
         return noise, None
-    if class_idx is not None and not 0 <= int(class_idx) < label_dim:
-        raise UserError(f'class index {class_idx} out of range 0..{label_dim - 1}')
+    per_seed = [int(class_idx)] * batch if isinstance(class_idx, (int, np.integer)) else class_idx
+    if per_seed is not None:
+        if len(per_seed) != batch:
+            raise ValueError(f'{len(per_seed)} class indices for {batch} seeds')
+        bad = [c for c in per_seed if not 0 <= int(c) < label_dim]
+        if bad:
+            raise UserError(f'class index {bad[0]} out of range 0..{label_dim - 1}')
     eye = torch.eye(label_dim, device=rng.device)
-    if class_idx is None or mode == 'edm2':
+    if per_seed is None or mode == 'edm2':
         labels = eye[rng.randint(label_dim, size=[batch], device=rng.device)]
-    if class_idx is not None:
-        labels = eye[int(class_idx)].expand(batch, label_dim).clone()
+    if per_seed is not None:
+        labels = eye[torch.as_tensor([int(c) for c in per_seed], device=rng.device)]
     return noise, labels
 
 #----------------------------------------------------------------------------
@@ -145,5 +153,26 @@ def rank_batches(num_seeds, max_batch_size=32, world_size=1, rank=0):
     num_batches = max((num_seeds - 1) // (max_batch_size * world_size) + 1, 1) * world_size
     chunks = np.array_split(np.arange(num_seeds), num_batches)
     return chunks[rank::world_size]
+
+def fixed_chunks(num_seeds, batch_size):
+    """Consecutive chunks of `batch_size` seed indices (the last may be shorter), as upstream GI.
+
+    Unlike `rank_batches`, the chunk that holds a seed (its company, position and the batch shape)
+    depends only on the seed list and `batch_size`: not on the number of processes, nor on which
+    chunks a resumed run still has to do. Network kernels may round differently for different batch
+    shapes, so this is what makes reruns, resumed runs and multi-process runs bit-identical.
+    """
+    if batch_size < 1:
+        raise ValueError('need batch_size >= 1')
+    return [np.arange(start, min(start + batch_size, num_seeds)) for start in range(0, num_seeds, batch_size)]
+
+
+def deal_chunks(chunks, world_size=1, rank=0):
+    """This rank's share of `chunks` (r, r+W, ...), padded with empty chunks to the same count on every rank."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError('need world_size >= 1 and 0 <= rank < world_size')
+    per_rank = -(-len(chunks) // world_size)
+    mine = list(chunks[rank::world_size])
+    return mine + [np.arange(0)] * (per_rank - len(mine))
 
 #----------------------------------------------------------------------------

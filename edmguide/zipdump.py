@@ -2,8 +2,9 @@
 
 Each finished image is first written atomically as `<k:06d>.png` into a work folder next to the
 zip (`<zip>.parts/`), together with the settings it was made with. A rerun of the same command
-skips the images that exist, so Ctrl-C, `kill -9` or a crash lose at most the batch in flight and
-regenerate nothing finished. When every image exists, rank 0 writes the zip under a temporary name
+skips the batches whose images all exist, so Ctrl-C, `kill -9` or a crash lose at most the batches
+in flight. Batches are fixed chunks of consecutive seeds (`seeds.fixed_chunks`), so a resumed or
+multi-process run computes every image in exactly the same batch as an uninterrupted one. When every image exists, rank 0 writes the zip under a temporary name
 (fixed timestamps, entries in seed order, stored uncompressed like upstream), renames it into
 place and removes the work folder: a corrupt zip never sits under the final name, and the final
 zip is byte-identical to an uninterrupted run's, whatever the number of processes.
@@ -19,7 +20,7 @@ import zipfile
 
 import tqdm
 
-from edmguide import images as imagelib
+from edmguide import images as imagelib, seeds as seedlib
 from edmguide.errors import UserError
 from edmguide.generation import generate_batches
 from torch_utils import distributed as dist
@@ -116,10 +117,12 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
     dist.barrier()
     done = _finished_parts(parts_dir)
     dist.barrier()  # every rank has listed the folder before anything new is written
-    todo = [k for k in range(len(seeds)) if k not in done]
+    # Chunks of consecutive seeds, fixed by the settings alone: a chunk is computed whole (or not at
+    # all), so an image never depends on the number of processes or on where a run was cut off.
+    pending = [chunk for chunk in seedlib.fixed_chunks(len(seeds), batch_size)
+               if not all(int(k) in done for k in chunk)]
     if done and rank == 0:
         print(f'Resuming: {len(done)} of {len(seeds)} images already done.')
-
     timing = dict(sampling=0.0, decoding=0.0, writing=0.0)
     bar = tqdm.tqdm(total=len(seeds), initial=len(done), unit='img', disable=(not progress or rank != 0),
                     dynamic_ncols=True, smoothing=0.1)
@@ -130,21 +133,21 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
         imagelib.save_png(os.path.join(parts_dir, entry_name(k)), image)
         writing_lock_free.append(time.perf_counter() - t0)
 
-    pending = []
+    writes = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(writer_threads, 1)) as pool:
-        for batch in generate_batches(net, encoder, [seeds[k] for k in todo], gnet=gnet, guidance=guidance,
-                                      max_batch_size=batch_size, device=device, mode=mode, **sampler_kwargs):
+        for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=guidance, device=device, mode=mode,
+                                      batches=seedlib.deal_chunks(pending, world_size, rank), **sampler_kwargs):
             images = batch.images.permute(0, 2, 3, 1).cpu().numpy()
-            pending += [pool.submit(write_one, todo[i], img) for i, img in zip(batch.indices, images)]
-            while len(pending) > 4 * batch_size:  # bound memory held by queued images
-                pending.pop(0).result()
+            writes += [pool.submit(write_one, int(k), img) for k, img in zip(batch.indices, images) if int(k) not in done]
+            while len(writes) > 4 * batch_size:  # bound memory held by queued images
+                writes.pop(0).result()
             timing['sampling'] += batch.timing.sampling
             timing['decoding'] += batch.timing.decoding
-            bar.update(len(batch.indices) * world_size)
+            bar.update(sum(int(k) not in done for k in batch.indices) * world_size)
             if verbose and rank == 0:
                 bar.write(f'batch {batch.batch_idx + 1}/{batch.num_batches}: sampling {batch.timing.sampling:.2f}s, '
                           f'decoding {batch.timing.decoding:.2f}s, evaluations/img net {batch.counter.net}, gnet {batch.counter.gnet}')
-        for future in pending:
+        for future in writes:
             future.result()
     bar.close()
     timing['writing'] = sum(writing_lock_free)
@@ -159,4 +162,4 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
         timing['zip'] = time.perf_counter() - t0
         shutil.rmtree(parts_dir, ignore_errors=True)
     dist.barrier()
-    return dict(generated=len(todo), skipped=len(done), timing=timing)
+    return dict(generated=len(seeds) - len(done), skipped=len(done), timing=timing)

@@ -56,16 +56,60 @@ def test_zip_name_entries_and_resume_after_kill_9(tiny_pickles, tmp_path):
     assert dict(_zip_entries(final))['000000.png'] == done_before.get('000000.png', dict(_zip_entries(final))['000000.png'])
 
 
-def test_two_processes_with_torchrun_give_the_same_zip(tiny_pickles, tmp_path):
-    n = 7
-    single = run_script('generate_zip.py', _zip_args(tiny_pickles, tmp_path / 'one', n, 8, '[2, 5]'))
+def _spy_args(net, zip_dir, n=7):
+    return ['--cond_pkl', net, '--zip_dir', zip_dir, '--num_images', n, '--batch_size', 3,
+            '--guidance_scale', 1, '--steps', 4]
+
+
+def test_images_do_not_depend_on_process_count_even_with_batch_shape_sensitive_arithmetic(tmp_path):
+    # 7 seeds, batch 3: EDM2's array_split would give 1 process (3,2,2) and 2 processes (2,2,2,1);
+    # the fixed chunks (3,3,1) keep every seed in the same batch.
+    from helpers_spy import save_spy_pickle
+    net = save_spy_pickle(tmp_path / 'spy.pkl')
+    single = run_script('generate_zip.py', _spy_args(net, tmp_path / 'one'))
     assert single.returncode == 0, single.stderr
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           os.path.join(ROOT, 'generate_zip.py')] + [str(a) for a in _zip_args(tiny_pickles, tmp_path / 'two', n, 8, '[2, 5]')]
+           os.path.join(ROOT, 'generate_zip.py')] + [str(a) for a in _spy_args(net, tmp_path / 'two')]
     multi = subprocess.run(cmd, cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    name = 'tiny-cond-s0-nimg7-g2.00-gi.zip'
-    assert (tmp_path / 'one' / name).read_bytes() == (tmp_path / 'two' / name).read_bytes()
+    name = 'spy-s0-nimg7-g1.00-gi.zip'
+    one, two = (tmp_path / 'one' / name).read_bytes(), (tmp_path / 'two' / name).read_bytes()
+    assert one == two
+    entries = dict(_zip_entries(tmp_path / 'one' / name))
+    assert entries['000000.png'] != entries['000006.png']  # batch of 3 vs batch of 1: the spy shows it
+
+
+def test_resuming_from_a_partly_written_batch_gives_the_uninterrupted_zip(tmp_path):
+    import shutil
+    import zipfile as zf_module
+    from helpers_spy import save_spy_pickle
+    net = save_spy_pickle(tmp_path / 'spy.pkl')
+    assert run_script('generate_zip.py', _spy_args(net, tmp_path / 'ref')).returncode == 0
+    name = 'spy-s0-nimg7-g1.00-gi.zip'
+    # Recreate the state a run cut off mid-batch leaves: the work folder with images 0-3 of 0-6
+    # (batch [3, 4, 5] only partly written) and no zip.
+    first = run_script('generate_zip.py', _spy_args(net, tmp_path / 'cut'))
+    assert first.returncode == 0
+    parts = tmp_path / 'cut' / (name + '.parts')
+    parts.mkdir()
+    with zf_module.ZipFile(tmp_path / 'cut' / name) as zf:
+        for k in range(4):
+            (parts / f'{k:06d}.png').write_bytes(zf.read(f'{k:06d}.png'))
+    shutil.copy(tmp_path / 'ref' / name, tmp_path / 'ref.zip')
+    settings = _settings_of(tmp_path / 'cut' / name)
+    (parts / 'settings.json').write_text(settings)
+    (tmp_path / 'cut' / name).unlink()
+    rerun = run_script('generate_zip.py', _spy_args(net, tmp_path / 'cut'))
+    assert rerun.returncode == 0, rerun.stderr
+    assert 'Resuming: 4 of 7 images already done' in rerun.stdout
+    assert (tmp_path / 'cut' / name).read_bytes() == (tmp_path / 'ref.zip').read_bytes()
+
+
+def _settings_of(zip_path):
+    """The settings.json text a run with these settings writes (the zip comment holds the same dict)."""
+    import json
+    with zipfile.ZipFile(zip_path) as zf:
+        return json.dumps(json.loads(zf.comment.decode()), indent=1, sort_keys=True)
 
 
 def test_cfg_naming_and_changed_settings_refused(tiny_pickles, tmp_path):

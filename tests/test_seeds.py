@@ -136,3 +136,14 @@ def test_rank_batches_keeps_empty_chunks_for_synchronisation():
     assert [len(b) for b in batches] == [1, 1, 1, 1]
     assert [len(b[0]) for b in batches] == [1, 1, 1, 0]
     assert [len(c) for c in rank_batches(70, 32)] == [24, 23, 23]
+
+
+def test_fixed_chunks_do_not_depend_on_process_count_and_pad_ranks_equally():
+    from edmguide.seeds import deal_chunks, fixed_chunks
+    chunks = fixed_chunks(10, 4)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    rank0, rank1 = deal_chunks(chunks, 2, 0), deal_chunks(chunks, 2, 1)
+    assert [c.tolist() for c in rank0] == [[0, 1, 2, 3], [8, 9]]
+    assert [c.tolist() for c in rank1] == [[4, 5, 6, 7], []]  # padded: both ranks see 2 batches
+    dealt = sorted((c.tolist() for r in range(3) for c in deal_chunks(chunks, 3, r) if len(c)), key=lambda c: c[0])
+    assert dealt == [c.tolist() for c in chunks]  # every chunk exactly once, unchanged, whatever the rank count
