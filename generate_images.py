@@ -88,6 +88,8 @@ def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))
                   bad=loading.load_network(files.bad, device, want_encoder=False)[0], none=None)
     methods = []
     for label, guide, weight, interval in presets.DEMO_METHODS:
+        if guide != 'none':
+            label += f', w={weight:g}' + (f', steps [{interval[0]}, {interval[1]}]' if interval else '')
         methods.append((label, guides[guide], build_guidance(weight, interval=interval, net=net, mode='edm2')))
     path = os.path.join(outdir, 'demo-comparison.png')
     figures.render_comparison(methods, net, encoder, classes, list(seeds), path, device=device)

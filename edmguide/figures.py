@@ -109,9 +109,6 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
 # ----------------------------------------------------------------------------
 # Demo comparison grid.
 
-DEMO_METHODS = ('no guidance', 'CFG', 'guidance interval', 'autoguidance', 'autoguidance + interval')
-
-
 def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device='cpu', scale=4, mode='edm2'):
     """Labelled grid: one row per method (label, guiding net, GuidanceSchedule), one column per (class, seed).
 

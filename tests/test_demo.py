@@ -40,7 +40,7 @@ def test_demo_runs_through_generate_zip_and_calculate_metrics(tmp_path):
     files = presets.DEMO_FILES
     result = run_script('generate_zip.py', ['--cond_pkl', files.cond, '--uncond_pkl', files.uncond, '--zip_dir', tmp_path,
                                             '--num_images', 40, '--batch_size', 20, '--guidance_scale', 2,
-                                            '--guidance_interval', '[12, 24]'])
+                                            '--guidance_interval', '[15, 21]'])
     assert result.returncode == 0, result.stderr
     zip_path = tmp_path / 'digits-cond-s0-nimg40-g2.00-gi.zip'
     with zipfile.ZipFile(zip_path) as zf:
