@@ -12,7 +12,6 @@ import torch
 from click.testing import CliRunner
 
 import calculate_metrics
-import dnnlib
 from edmguide.metrics import detectors
 import helpers_metrics as hm
 
@@ -257,6 +256,7 @@ def test_gen_matches_calc_on_the_same_generated_images(cache, tmp_path, tiny_pic
                                                '--dest', str(dest), '--workers', '0']).exit_code == 0
     calc = invoke(calculate_metrics.edm2_cli, ['calc', '--images', folder, '--ref', str(dest), '--num', '6',
                                                '--workers', '0'])
+    assert calc.exit_code == 0, calc.output
     before = files_under(tmp_path)
     gen = invoke(calculate_metrics.edm2_cli, ['gen', '--net', tiny_pickles['cond'], '--ref', str(dest),
                                               '--num', '6', '--seed', '3', '--steps', '4', '--batch', '4'])
@@ -271,6 +271,7 @@ def test_gen_with_guidance_interval_and_errors(cache, tmp_path, tiny_pickles, im
     base = ['gen', '--net', tiny_pickles['cond'], '--ref', str(dest), '--metrics', 'fid', '--num', '2', '--steps', '4']
     guided = base + ['--gnet', tiny_pickles['uncond'], '--guidance', '2']
     unguided = invoke(calculate_metrics.edm2_cli, base)
+    assert unguided.exit_code == 0 and unguided.stdout.startswith('fid = '), unguided.output
     by_steps = invoke(calculate_metrics.edm2_cli, guided + ['--guidance_interval', '[1, 2]'])
     assert by_steps.exit_code == 0, by_steps.output
     assert by_steps.stdout.startswith('fid = ') and by_steps.stdout != unguided.stdout

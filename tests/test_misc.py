@@ -125,9 +125,13 @@ def test_print_module_summary_counts_parameters(capsys):
 
 def test_suppress_tracer_warnings_restores_filters():
     import warnings
-    before = list(warnings.filters)
-    with misc.suppress_tracer_warnings():
-        warnings.warn('ignored', torch.jit.TracerWarning)
-    assert warnings.filters == before
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        before = list(warnings.filters)
+        with misc.suppress_tracer_warnings():
+            warnings.warn('ignored', torch.jit.TracerWarning)
+        assert warnings.filters == before
+        warnings.warn('shown', torch.jit.TracerWarning)
+    assert [str(w.message) for w in caught] == ['shown']
 
 #----------------------------------------------------------------------------
