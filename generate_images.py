@@ -17,22 +17,8 @@ import tqdm
 from edmguide import cli, figures, images as imagelib, loading, presets
 from edmguide.errors import UserError, run_cli
 from edmguide.generation import build_guidance, generate_batches, pick_device
-from edmguide.guidance import GuidanceSchedule
+from edmguide.seeds import parse_seed_list
 from torch_utils import distributed as dist
-
-SAMPLER_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
-
-
-def _load_pair(net_path, gnet_path, device, verbose=False):
-    """Main net + encoder and, if given, the guiding net; rank 0 loads (downloads) first."""
-    if dist.get_rank() != 0:
-        dist.barrier()
-    net, encoder = loading.load_network(net_path, device, verbose=verbose)
-    gnet = loading.load_network(gnet_path, device, want_encoder=False)[0] if gnet_path else None
-    if dist.get_rank() == 0:
-        dist.barrier()
-    return net, gnet, encoder
-
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
                          seeds=range(16, 20), class_idx=None, max_batch_size=32, encoder_batch_size=4,
@@ -42,16 +28,15 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_inte
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
     gnet = gnet if (guidance is not None and guidance != 1) else None
-    net, gnet, encoder = _load_pair(net, gnet, device, verbose)
-    loading.init_encoder(encoder, device, batch_size=encoder_batch_size)
+    net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
     schedule = build_guidance(guidance, interval=guidance_interval, sigma_range=guidance_sigma, net=net, mode=numerics,
-                              **{k: v for k, v in sampler_kwargs.items() if k in ('num_steps', 'sigma_min', 'sigma_max', 'rho')})
+                              device=device, **sampler_kwargs)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
     written = []
     bar = tqdm.tqdm(total=len(seeds), unit='img', disable=dist.get_rank() != 0, leave=False)
     for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
                                   max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
-        for seed, image in zip(batch.seeds, batch.images):
+        for seed, image in zip(batch.seeds, batch.images.cpu()):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
             written.append(path)
@@ -67,8 +52,7 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
     """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
     names = figures.parse_figure_names(figs)
     device = pick_device(device)
-    net, gnet, encoder = _load_pair(cond_pkl, uncond_pkl, device, verbose)
-    loading.init_encoder(encoder, device, batch_size=8)
+    net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl, device, encoder_batch_size=8, verbose=verbose)
     if not getattr(net, 'label_dim', 0):
         raise UserError(f'{cond_pkl}: the figures need a class-conditional network (label_dim is 0)')
     written = []
@@ -149,7 +133,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             raise click.UsageError('Please specify --outdir')
         dist.init()
         return generate_seed_images(settings['net'], outdir, gnet=settings['gnet'], guidance=settings['guidance'],
-                                    guidance_interval=interval, guidance_sigma=sigma_range, seeds=cli.parse_int_list(seeds),
+                                    guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
                                     numerics=numerics or 'edm2', device=device, verbose=verbose, **opts)
     run_cli(work)
 

@@ -28,16 +28,10 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     guided = guidance_scale != 1
     if guided and uncond_pkl is None:
         raise UserError('guidance needs a guiding network: give --uncond_pkl (or --gnet)')
-    if dist.get_rank() != 0:
-        dist.barrier()  # rank 0 downloads first
-    net, encoder = loading.load_network(cond_pkl, device, verbose=verbose)
-    gnet = loading.load_network(uncond_pkl, device, want_encoder=False)[0] if guided else None
-    if dist.get_rank() == 0:
-        dist.barrier()
-    loading.init_encoder(encoder, device, batch_size=batch_size_decoder)
+    net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl if guided else None, device,
+                                               encoder_batch_size=batch_size_decoder, verbose=verbose)
     guidance = build_guidance(guidance_scale, interval=guidance_interval, sigma_range=guidance_sigma, net=net,
-                              mode=numerics, **{k: v for k, v in sampler_kwargs.items()
-                                                if k in ('num_steps', 'sigma_min', 'sigma_max', 'rho')})
+                              mode=numerics, device=device, **sampler_kwargs)
     method = 'gi' if (guidance_interval is not None or guidance_sigma is not None) else 'cfg'
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
     settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=str(guidance),

@@ -22,12 +22,6 @@ def parse_guidance_options(interval_text, sigma_text):
     return interval, sigma_range
 
 
-def parse_int_list(text):
-    """Click-friendly wrapper of the seed-list parser ('0-7,12')."""
-    from edmguide.seeds import parse_seed_list
-    return parse_seed_list(text)
-
-
 def sampler_options(func):
     """The EDM sampler's options, as in upstream EDM2's generate_images.py."""
     options = [

@@ -14,7 +14,7 @@ import numpy as np
 import dnnlib
 from edmguide import images as imagelib
 from edmguide.generation import build_guidance, generate_batches
-from edmguide.seeds import gi_hashed_seed
+from edmguide.seeds import gi_seeds
 
 THICK_BOX = 7e-3    # line width of the box on the full image (4 px at 512)
 THIN_BOX = 4e-3     # line width of the frame around the zoomed inset (2 px at 512)
@@ -66,7 +66,7 @@ def _scale_inset(inset, resolution):
 
 def _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose):
     """Decoded images (HWC uint8 list) of `seeds` for `class_idx`, GI-style: hashed seeds, fixed label."""
-    hashed = [gi_hashed_seed(class_idx, s) if class_idx else s for s in seeds]
+    hashed = gi_seeds(seeds, class_idx)
     guidance = build_guidance(weight, interval=interval, net=net, mode='gi')
     out = []
     for batch in generate_batches(net, encoder, hashed, gnet=gnet, guidance=guidance, class_idx=class_idx,

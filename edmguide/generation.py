@@ -15,13 +15,14 @@ import torch
 
 import dnnlib
 from edmguide import sampling, seeds as seedlib
+from edmguide.errors import UserError
 from edmguide.guidance import GuidanceSchedule
 from torch_utils import distributed as dist
 
 
 def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx=None,
                      max_batch_size=32, device=torch.device('cpu'), rank=None, world_size=None,
-                     mode='edm2', labels_mode=None, sync=True, batches=None, **sampler_kwargs):
+                     mode='edm2', sync=True, batches=None, **sampler_kwargs):
     """Yield one EasyDict per batch of this rank's seeds.
 
     `class_idx`: None (random class per seed, drawn from the seed), one class for all seeds, or a
@@ -34,15 +35,13 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
     gives this rank's index arrays explicitly (e.g. `seeds.fixed_chunks` dealt over ranks, which
     makes the result independent of the number of processes); `sync` keeps the upstream barrier
     after every batch when a process group exists (every rank must then get as many batches). `mode` picks the upstream
-    sampler whose arithmetic is reproduced ('edm2' or 'gi'); `labels_mode` ('edm2' or 'gi', default
-    = mode) picks how class labels are drawn (see `seeds.draw_noise_and_labels`).
+    sampler whose arithmetic is reproduced ('edm2' or 'gi') and how class labels are drawn (see
+    `seeds.draw_noise_and_labels`).
     """
     seeds = [int(s) for s in seeds]
     rank = dist.get_rank() if rank is None else rank
     world_size = dist.get_world_size() if world_size is None else world_size
-    guidance = guidance if guidance is not None else GuidanceSchedule.none()
-    if guidance.is_active and gnet is None:
-        raise ValueError('guidance needs a guiding network (gnet)')
+    guidance = sampling.as_schedule(guidance)
     if batches is None:
         batches = seedlib.rank_batches(len(seeds), max_batch_size, world_size, rank)
     for batch_idx, indices in enumerate(batches):
@@ -54,7 +53,7 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
         t0 = time.perf_counter()
         rng = seedlib.StackedRandomGenerator(device, batch_seeds)
         batch_classes = class_idx if class_idx is None or np.ndim(class_idx) == 0 else [class_idx[i] for i in indices]
-        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=batch_classes, mode=labels_mode or mode)
+        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=batch_classes, mode=mode)
         counter = sampling.EvalCounter()
         with torch.no_grad():
             latents = sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode,
@@ -78,32 +77,36 @@ def _synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def pick_device(requested=None):
-    """`requested` if given, else CUDA when present, else CPU (with a one-line note)."""
+def pick_device(requested=None, *, note=True):
+    """`requested` if given, else this process's CUDA device when present, else CPU (with a one-line
+    note unless `note` is False: metric scripts keep their stdout to the results)."""
     if requested:
         return torch.device(requested)
     if torch.cuda.is_available():
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
-    dist.print0('note: no CUDA device found, running on the CPU (slow for the real EDM2 networks)')
+    if note:
+        dist.print0('note: no CUDA device found, running on the CPU (slow for the real EDM2 networks)')
     return torch.device('cpu')
 
 
-def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', num_steps=32,
-                   sigma_min=0.002, sigma_max=80, rho=7):
+def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', device=None, **sampler_kwargs):
     """w(σ) from user-level options: a weight, plus step indices [start, stop] or a σ range (lo, hi].
 
-    Step indices are turned into the σ range of the schedule that the sampler will actually use
-    (in 'gi' mode that is clamped and rounded by the net), so both forms give identical images.
-    No weight, or weight 1, means no guidance.
+    Step indices are turned into the σ range of the schedule that the sampler will actually use:
+    the same function, options (`sampler_kwargs`, the sampler's options; those of the schedule
+    matter) and `device` (GPU and CPU may round the schedule differently), and in 'gi' mode clamped
+    and rounded by the net, so both forms give identical images. No weight, or weight 1, means no guidance.
     """
-    from edmguide.errors import UserError
+    unknown = sorted(set(sampler_kwargs) - set(sampling.SAMPLER_KEYS))
+    if unknown:
+        raise TypeError(f'build_guidance: unknown sampler options {unknown}')
     if interval is not None and sigma_range is not None:
         raise UserError('give the guidance interval either as step indices or as a sigma range, not both')
     if weight is None or weight == 1:
         return GuidanceSchedule.none()
     if interval is not None:
-        sigmas = sampling.sampler_sigmas(net, mode=mode, num_steps=num_steps, sigma_min=sigma_min,
-                                         sigma_max=sigma_max, rho=rho)
+        schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
+        sigmas = sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
         return GuidanceSchedule.step_indices(weight, interval[0], interval[1], sigmas)
     if sigma_range is not None:
         return GuidanceSchedule.sigma_range(weight, sigma_range[0], sigma_range[1])

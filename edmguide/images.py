@@ -4,6 +4,7 @@ Every script that writes an image goes through here, so PNG settings, channel ha
 temp-file-then-rename rule live in one place.
 """
 
+import contextlib
 import io
 import os
 import uuid
@@ -48,8 +49,9 @@ def temp_path_beside(path):
     return os.path.join(directory, f'.tmp-{uuid.uuid4().hex}-{name}')
 
 
-def atomic_write(path, data):
-    """Write bytes to `path` through a temp file in the same directory and a rename.
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temp name beside `path` to write; on success rename it to `path`, else delete it.
 
     A crash or Ctrl-C leaves either the old file or the complete new one, never a partial file.
     The file gets the usual permissions (umask), unlike `tempfile.mkstemp`'s private 0600.
@@ -57,13 +59,18 @@ def atomic_write(path, data):
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     tmp = temp_path_beside(path)
     try:
-        with open(tmp, 'xb') as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(path, data):
+    """Write bytes to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path) as tmp, open(tmp, 'xb') as f:
+        f.write(data)
 
 
 def save_png(path, image):

@@ -115,6 +115,23 @@ def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False)
         encoder = _default_encoder(net.img_channels)
     return net, encoder
 
+def load_networks(net_path, gnet_path, device, *, encoder_batch_size=None, verbose=False):
+    """What generation needs: `(net, encoder, gnet)`, the encoder initialized; gnet None if no path.
+
+    Under torchrun rank 0 loads first, so that only one process downloads into the shared cache.
+    """
+    from torch_utils import distributed as dist
+    if dist.get_rank() != 0:
+        dist.barrier()
+    net, encoder = load_network(net_path, device, verbose=verbose)
+    if encoder is None:
+        raise UserError(f'{os.fspath(net_path)}: network has no image encoder/decoder to produce images with')
+    gnet = load_network(gnet_path, device, want_encoder=False)[0] if gnet_path else None
+    init_encoder(encoder, device, batch_size=encoder_batch_size)
+    if dist.get_rank() == 0:
+        dist.barrier()
+    return net, encoder, gnet
+
 def init_encoder(encoder, device, *, batch_size=None):
     """Run `encoder.init(device)`, turning a VAE that cannot be loaded into a `UserError`."""
     if batch_size is not None and hasattr(encoder, 'batch_size'):

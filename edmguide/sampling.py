@@ -24,6 +24,8 @@ from edmguide.guidance import GuidanceSchedule
 
 MODES = ('edm2', 'gi')
 _MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
+SCHEDULE_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho')  # the options that shape the noise schedule
+SAMPLER_KEYS = SCHEDULE_KEYS + ('S_churn', 'S_min', 'S_max', 'S_noise')  # every option of the sampler loop
 
 #----------------------------------------------------------------------------
 # Noise schedule.
@@ -65,17 +67,10 @@ def sampler_sigmas(net, mode='edm2', num_steps=32, sigma_min=0.002, sigma_max=80
 class EvalCounter:
     """Network evaluations per image during `sample` (each call processes every image once).
 
-    Pass a fresh counter (or `reset()`) per batch to read per-image counts.
+    Pass a fresh counter per batch to read per-image counts.
     """
     net: int = 0
     gnet: int = 0
-
-    @property
-    def total(self):
-        return self.net + self.gnet
-
-    def reset(self):
-        self.net = self.gnet = 0
 
 
 def guided_denoiser(net, gnet, labels, w, *, mode='edm2', dtype=torch.float32, counter=None):
@@ -129,7 +124,7 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
     _check_mode(mode)
     dtype = dtype or _MODE_DTYPE[mode]
     out_dtype = out_dtype or (dtype if mode == 'edm2' else torch.float32)
-    guidance = _as_schedule(guidance)
+    guidance = as_schedule(guidance)
     counter = counter if counter is not None else EvalCounter()
     if guidance.is_active and gnet is None:
         raise UserError(f'guidance ({guidance}) needs a guiding network (gnet)')
@@ -140,12 +135,12 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
     if steps < 1 or sigmas[-1] != 0:
         raise UserError('noise schedule must have at least two levels and end with 0')
 
+    weights = [guidance.weight(t) for t in sigmas[:-1].tolist()]  # one device->host copy, not one per step
+    round_sigma = (lambda t: _round_sigma(net, t)) if mode == 'gi' else None
     x = noise.to(dtype) * sigmas[0]
-    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        w = guidance.weight(t_cur)
+    for i, (t_cur, t_next, w) in enumerate(zip(sigmas[:-1], sigmas[1:], weights)):
         denoise = guided_denoiser(net, gnet, labels, w, mode=mode, dtype=dtype, counter=counter)
-        x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like,
-                              round_sigma=(lambda t: _round_sigma(net, t)) if mode == 'gi' else None)
+        x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=round_sigma)
         x = _heun_step(denoise, x_hat, t_hat, t_next, correct=(i < steps - 1))
         if progress is not None:
             progress(dict(i=i, num_steps=steps, sigma=float(t_cur), sigma_hat=float(t_hat),
@@ -186,7 +181,8 @@ def _round_sigma(net, t):
     return torch.as_tensor(fn(t) if fn is not None else t, dtype=t.dtype, device=t.device)
 
 
-def _as_schedule(guidance):
+def as_schedule(guidance):
+    """None -> no guidance, a number -> constant w, a GuidanceSchedule as is."""
     if guidance is None:
         return GuidanceSchedule.none()
     if isinstance(guidance, GuidanceSchedule):

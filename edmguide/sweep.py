@@ -21,7 +21,7 @@ def measure(net, encoder, ref_path, metric, *, gnet=None, weight=1.0, interval=N
 def sweep(net, encoder, ref_path, metric, methods, *, log=print, **kwargs):
     """`methods`: list of (label, guiding net or None, interval or None, weights). Returns result rows.
 
-    Each row: EasyDict(label, interval, results={w: fd}, best_weight, best).
+    Each row: EasyDict(label, guided, interval, results={w: fd}, best_weight, best).
     """
     rows = []
     for label, gnet, interval, weights in methods:
@@ -30,8 +30,8 @@ def sweep(net, encoder, ref_path, metric, methods, *, log=print, **kwargs):
             results[w] = measure(net, encoder, ref_path, metric, gnet=gnet, weight=w, interval=interval, **kwargs)
             log(f'{label:28s} interval={str(interval):10s} w={w:<5g} {metric}={results[w]:.3f}')
         best_weight = min(results, key=results.get)
-        rows.append(dnnlib.EasyDict(label=label, interval=interval, results=results, best_weight=best_weight,
-                                    best=results[best_weight]))
+        rows.append(dnnlib.EasyDict(label=label, guided=gnet is not None, interval=interval, results=results,
+                                    best_weight=best_weight, best=results[best_weight]))
     return rows
 
 
@@ -39,9 +39,7 @@ def markdown_table(rows, metric):
     """The sweep as a markdown table: best weight and distance per method, then every weight."""
     lines = [f'| method | guided steps | best w | {metric} at best w | all weights |', '|---|---|---|---|---|']
     for row in rows:
-        steps = 'all' if row.interval is None else f'[{row.interval[0]}, {row.interval[1]}]'
-        if row.label == 'no guidance':
-            steps = 'none'
+        steps = 'none' if not row.guided else 'all' if row.interval is None else f'[{row.interval[0]}, {row.interval[1]}]'
         every = ', '.join(f'{w:g}: {v:.2f}' for w, v in row.results.items())
         lines.append(f'| {row.label} | {steps} | {row.best_weight:g} | {row.best:.2f} | {every} |')
     return '\n'.join(lines)

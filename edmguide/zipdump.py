@@ -79,19 +79,12 @@ def _zip_is_complete(zip_path, settings):
 
 def assemble_zip(parts_dir, zip_path, num_images, settings):
     """Write the zip from the finished parts under a temp name, then rename it into place."""
-    tmp = imagelib.temp_path_beside(zip_path)
-    try:
-        with zipfile.ZipFile(tmp, 'w', compression=zipfile.ZIP_STORED) as zf:
-            for k in range(num_images):
-                with open(os.path.join(parts_dir, entry_name(k)), 'rb') as f:
-                    data = f.read()
-                zf.writestr(zipfile.ZipInfo(entry_name(k), date_time=ZIP_TIMESTAMP), data)
-            zf.comment = json.dumps(settings, sort_keys=True).encode()
-        os.replace(tmp, zip_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with imagelib.atomic_output(zip_path) as tmp, zipfile.ZipFile(tmp, 'x', compression=zipfile.ZIP_STORED) as zf:
+        for k in range(num_images):
+            with open(os.path.join(parts_dir, entry_name(k)), 'rb') as f:
+                data = f.read()
+            zf.writestr(zipfile.ZipInfo(entry_name(k), date_time=ZIP_TIMESTAMP), data)
+        zf.comment = json.dumps(settings, sort_keys=True).encode()
 
 
 def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=None, batch_size=64,
@@ -104,7 +97,8 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
     Returns a dict of timings and counts (rank 0's view).
     """
     seeds = [int(s) for s in seeds]
-    settings = dict(settings, seeds_first=seeds[0] if seeds else None, num_images=len(seeds))
+    # The chunking (hence the batch shapes, which may change kernel rounding) is part of the settings.
+    settings = dict(settings, seeds_first=seeds[0] if seeds else None, num_images=len(seeds), batch_size=batch_size)
     parts_dir = zip_path + '.parts'
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if rank == 0:

@@ -13,11 +13,13 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edmguide import images as imagelib, loading, presets, sweep  # noqa: E402
-from edmguide.errors import run_cli  # noqa: E402
+from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.guidance import parse_interval  # noqa: E402
 
-# (label, guiding net, guided?) -- the interval rows use --interval.
-METHODS = [('no guidance', None, False), ('CFG', 'uncond', False), ('guidance interval', 'uncond', True),
-           ('autoguidance', 'bad', False), ('autoguidance + interval', 'bad', True)]
+# The rows of the demo grid: (label, guiding net or None, limited to the interval?); weights and
+# interval come from the command line.
+METHODS = [(label, None if guide == 'none' else guide, interval is not None)
+           for label, guide, _weight, interval in presets.DEMO_METHODS]
 
 
 def _sweep_one(method, weights, interval, num_images):
@@ -42,8 +44,11 @@ def _sweep_one(method, weights, interval, num_images):
 def main(num_images, weights, interval, jobs, out):
     """Sweep guidance weights for no guidance, CFG, interval, autoguidance and autoguidance + interval."""
     def work():
-        start, stop = (int(v) for v in interval.split(','))
-        weight_list = tuple(float(w) for w in weights.split(','))
+        start, stop = parse_interval(interval)
+        try:
+            weight_list = tuple(float(w) for w in weights.split(','))
+        except ValueError:
+            raise UserError(f'--weights must be comma-separated numbers, got {weights!r}') from None
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             rows = list(pool.map(_sweep_one, METHODS, [weight_list] * len(METHODS), [(start, stop)] * len(METHODS),
                                  [num_images] * len(METHODS)))

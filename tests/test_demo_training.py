@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edmguide.demo import data, features, train
+from edmguide.images import atomic_write
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'edmguide', 'demo', 'assets')
 TINY_NET = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[])
@@ -105,7 +106,7 @@ def test_network_pickle_has_the_edm2_layout(digits, tmp_path):
     images, labels = digits
     _, result = _tiny_run(images[:32], labels[:32], steps=1)
     path = tmp_path / 'net.pkl'
-    train.atomic_write_bytes(str(path), train.network_pickle_bytes(result.ema, loss_fn=result.loss_fn))
+    atomic_write(str(path), train.network_pickle_bytes(result.ema, loss_fn=result.loss_fn))
     assert os.listdir(tmp_path) == ['net.pkl']  # no temporary file left behind
     with open(path, 'rb') as f:
         blob = pickle.load(f)

@@ -1,7 +1,6 @@
 """Tests for edmguide/loading.py: the one loader of network pickles (offline, tiny nets)."""
 
 import math
-import os
 import pickle
 
 import pytest

@@ -27,11 +27,6 @@ def test_statistics_need_two_images():
     with pytest.raises(UserError, match='at least 2'):
         acc.mean_and_cov()
 
-def test_rank_and_world_size_without_process_group():
-    assert stats.rank_and_world_size() == (0, 1)
-    t = torch.ones(3)
-    assert stats.all_reduce_sum(t) is t and t.tolist() == [1, 1, 1]
-
 def test_pickle_and_npz_references(tmp_path):
     mu, sigma = np.arange(3.0), np.eye(3)
     pkl = tmp_path / 'sub' / 'ref.pkl'

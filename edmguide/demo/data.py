@@ -14,8 +14,9 @@ import torch
 NUM_CLASSES = 10
 
 
-def load_digits_uint8(resolution=16):
-    """Return `(images, labels)`: uint8 tensor [N, 1, R, R] in 0..255 and int64 tensor [N].
+def load_digits_uint8(resolution=16, use_labels=True):
+    """Return `(images, labels)`: uint8 tensor [N, 1, R, R] in 0..255 and int64 tensor [N]
+    (None without `use_labels`).
 
     The 8x8 originals (0..16) are rescaled to 0..255 and resized with bilinear interpolation
     (half-pixel centres, no antialiasing when enlarging); the result is rounded and clipped.
@@ -32,7 +33,7 @@ def load_digits_uint8(resolution=16):
         x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode='bilinear',
                                             align_corners=False, antialias=antialias)
     images = x.round().clamp(0, 255).to(torch.uint8).contiguous()
-    labels = torch.from_numpy(np.asarray(digits.target, dtype=np.int64))
+    labels = torch.from_numpy(np.asarray(digits.target, dtype=np.int64)) if use_labels else None
     return images, labels
 
 

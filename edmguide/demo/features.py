@@ -119,25 +119,17 @@ def accuracy(net, images, labels, batch_size=512):
 @torch.no_grad()
 def feature_statistics(net, images, batch_size=512):
     """Float64 mean and covariance (N - 1 normalisation) of the features of uint8 `images`."""
-    cum_mu = torch.zeros([net.feature_dim], dtype=torch.float64)
-    cum_sigma = torch.zeros([net.feature_dim, net.feature_dim], dtype=torch.float64)
-    n = 0
+    from edmguide.metrics.stats import FeatureStats
+    acc = FeatureStats()
     for i in range(0, len(images), batch_size):
-        f = net(images[i:i + batch_size], return_features=True).to(torch.float64)
-        cum_mu += f.sum(dim=0)
-        cum_sigma += f.T @ f
-        n += f.shape[0]
-    if n < 2:
-        raise ValueError('need at least 2 images for feature statistics')
-    mu = cum_mu / n
-    sigma = (cum_sigma - n * torch.outer(mu, mu)) / (n - 1)
-    return mu.numpy(), sigma.numpy()
+        acc.update(net(images[i:i + batch_size], return_features=True))
+    return acc.mean_and_cov()
 
 
 def reference_stats(net, images, metric='fd_digits'):
     """`{'num_images': N, metric: {'mu', 'sigma'}}` for uint8 `images` under the feature net."""
-    mu, sigma = feature_statistics(net, images)
-    return {'num_images': int(len(images)), metric: {'mu': mu, 'sigma': sigma}}
+    from edmguide.metrics.stats import make_stats_dict
+    return make_stats_dict(len(images), {metric: feature_statistics(net, images)})
 
 
 def release_copy(net):
@@ -158,7 +150,7 @@ def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
     import os
     import pickle
     from edmguide.demo.data import load_digits_uint8, train_test_split
-    from edmguide.demo.train import atomic_write_bytes
+    from edmguide.images import atomic_write
     images, labels = load_digits_uint8()
     train_idx, test_idx = train_test_split(len(images), test_fraction=0.2, seed=seed)
     net, log = train_feature_net(images[train_idx], labels[train_idx], seed=seed, steps=steps, verbose=verbose)
@@ -169,9 +161,9 @@ def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
                num_params=sum(p.numel() for p in net.parameters()))
     blob = pickle.dumps(release_copy(net))
     log['file_bytes'] = len(blob)
-    atomic_write_bytes(os.path.join(outdir, FEATURES_FILE), blob)
-    atomic_write_bytes(os.path.join(outdir, FEATURES_FILE.replace('.pkl', '.log.json')),
-                       (json.dumps(log, indent=2) + '\n').encode('utf-8'))
+    atomic_write(os.path.join(outdir, FEATURES_FILE), blob)
+    atomic_write(os.path.join(outdir, FEATURES_FILE.replace('.pkl', '.log.json')),
+                 (json.dumps(log, indent=2) + '\n').encode('utf-8'))
     if verbose:
         print(f'features: held-out accuracy {log["test_accuracy"]:.4f} ({len(test_idx)} images), '
               f'{log["seconds"]:.0f}s', flush=True)
@@ -183,12 +175,12 @@ def compute_demo_reference(outdir, *, verbose=True):
     import os
     import pickle
     from edmguide.demo.data import load_digits_uint8
-    from edmguide.demo.train import atomic_write_bytes
-    with open(os.path.join(outdir, FEATURES_FILE), 'rb') as f:
-        net = pickle.load(f)
+    from edmguide.images import atomic_write
+    from edmguide.loading import load_pickle
+    net = load_pickle(os.path.join(outdir, FEATURES_FILE))
     images, _ = load_digits_uint8(net.img_resolution)
     stats = reference_stats(net, images, METRIC)
-    atomic_write_bytes(os.path.join(outdir, REF_FILE), pickle.dumps(stats))
+    atomic_write(os.path.join(outdir, REF_FILE), pickle.dumps(stats))
     if verbose:
         print(f'ref: wrote {REF_FILE} ({stats["num_images"]} images, {METRIC} dim {len(stats[METRIC]["mu"])})')
     return stats

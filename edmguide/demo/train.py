@@ -23,7 +23,6 @@ import copy
 import json
 import os
 import pickle
-import tempfile
 import time
 
 import numpy as np
@@ -177,30 +176,13 @@ def release_copy(net):
     return copy.deepcopy(net).cpu().eval().requires_grad_(False).to(torch.float16)
 
 
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.part', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; make the result readable like a normal file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def network_pickle_bytes(ema, *, loss_fn=None, use_labels=True, resolution=DATA_RESOLUTION):
     """Bytes of an EDM2-style network pickle holding `release_copy(ema)`."""
     from training.encoders import StandardRGBEncoder
     data = dnnlib.EasyDict(
         encoder=StandardRGBEncoder(),
         dataset_kwargs=dnnlib.EasyDict(class_name='edmguide.demo.data.load_digits_uint8',
-                                       path='sklearn.datasets.load_digits', resolution=resolution,
-                                       use_labels=bool(use_labels)),
+                                       resolution=resolution, use_labels=bool(use_labels)),
         loss_fn=loss_fn,
         ema=release_copy(ema),
     )
@@ -214,6 +196,7 @@ def train_demo_network(what, outdir, *, seed=0, verbose=True, **overrides):
     shipped files use none); a dict given for `network` updates the network kwargs.
     """
     from edmguide.demo.data import load_digits_uint8
+    from edmguide.images import atomic_write
     cfg = copy.deepcopy(DEMO_NETWORKS[what])
     for key, value in overrides.items():
         if key not in cfg:
@@ -236,7 +219,7 @@ def train_demo_network(what, outdir, *, seed=0, verbose=True, **overrides):
                            P_mean=cfg.P_mean, P_std=cfg.P_std, ema_std=cfg.ema_std, progress=progress)
     blob = network_pickle_bytes(result.ema, loss_fn=result.loss_fn, use_labels=cfg.label_dim > 0)
     path = os.path.join(outdir, cfg.file)
-    atomic_write_bytes(path, blob)
+    atomic_write(path, blob)
     window = max(1, min(100, len(result.losses)))
     log = dict(file=cfg.file, what=what, seed=seed, torch_version=torch.__version__,
                num_threads=torch.get_num_threads(), num_params=num_params, file_bytes=len(blob),
@@ -244,8 +227,8 @@ def train_demo_network(what, outdir, *, seed=0, verbose=True, **overrides):
                final_loss=float(np.mean(result.losses[-window:])), final_loss_window=window,
                loss_every_50=[round(float(np.mean(result.losses[i:i + 50])), 5)
                               for i in range(0, len(result.losses), 50)])
-    atomic_write_bytes(os.path.join(outdir, cfg.file.replace('.pkl', '.log.json')),
-                       (json.dumps(log, indent=2) + '\n').encode('utf-8'))
+    atomic_write(os.path.join(outdir, cfg.file.replace('.pkl', '.log.json')),
+                 (json.dumps(log, indent=2) + '\n').encode('utf-8'))
     if verbose:
         print(f'{what}: wrote {path} ({len(blob)} bytes), final loss {log["final_loss"]:+.4f}, '
               f'{result.seconds:.0f}s', flush=True)

@@ -6,7 +6,6 @@ Metrics are looked up by name ('fid', 'fd_dinov2', or anything added with `regis
 the demo and the tests can plug in their own feature networks without touching the pipeline.
 """
 
-import pickle
 import warnings
 
 import numpy as np
@@ -14,7 +13,9 @@ import PIL.Image
 import torch
 
 import dnnlib
+from edmguide.demo.features import METRIC as DEMO_METRIC
 from edmguide.errors import UserError
+from edmguide.loading import load_pickle
 
 INCEPTION_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/'
                  'files/metrics/inception-2015-12-05.pkl')
@@ -38,13 +39,9 @@ class Detector:
 def _load_pickled_model(url, what):
     """Unpickle a model through the download cache; any failure becomes a one-line UserError."""
     try:
-        with dnnlib.util.open_url(url, verbose=False) as f:
-            return pickle.load(f)
-    except UserError:
-        raise
-    except Exception as exc: # network, missing cache, corrupt file: all mean "no detector"
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f'cannot load the {what} from "{url}": {msg}') from exc
+        return load_pickle(url)
+    except UserError as exc: # network, missing cache, corrupt file: all mean "no detector"
+        raise UserError(f'cannot load the {what}: {exc}') from exc
 
 class PickledFeatureNet(Detector):
     """A pickled feature network called as `model(x_uint8, return_features=True)`.
@@ -179,8 +176,7 @@ register_metric('fd_dinov2', DINOv2Detector, label='FD_DINOv2')
 
 def demo_digits_features():
     """The embedded demo's digit feature network (trained by this project, shipped in the repo)."""
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'demo', 'assets', 'digits-features.pkl')
-    return PickledFeatureNet(path, name='demo digits feature network')
+    from edmguide.presets import DEMO_FILES
+    return PickledFeatureNet(DEMO_FILES.features, name='demo digits feature network')
 
-register_metric('fd_digits', demo_digits_features, label='FD_digits')
+register_metric(DEMO_METRIC, demo_digits_features, label='FD_digits')

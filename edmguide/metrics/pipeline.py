@@ -13,20 +13,18 @@ import numpy as np
 import torch
 import tqdm
 
-from edmguide import seeds as seedlib
+from edmguide import generation, loading, seeds as seedlib
 from edmguide.errors import UserError
+from edmguide.generation import pick_device
 from edmguide.metrics import detectors, stats as stats_lib
 from edmguide.metrics.frechet import frechet_distance
 from edmguide.metrics.image_files import ImageFiles, collate_images
+from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')
 
 #----------------------------------------------------------------------------
 # Small helpers.
-
-def default_device():
-    """CUDA when present, else CPU."""
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 
 def to_rgb(images, source='images'):
     """uint8 NCHW with 3 channels for the detectors: grayscale (1 channel) is repeated to RGB.
@@ -45,7 +43,7 @@ def to_rgb(images, source='images'):
 
 def _note0(*args):
     """A note for the user on stdout (as upstream; stderr is kept for the error line), rank 0."""
-    if stats_lib.rank_and_world_size()[0] == 0:
+    if dist.get_rank() == 0:
         print(*args, flush=True)
 
 #----------------------------------------------------------------------------
@@ -65,11 +63,11 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
     that does not match the reference fails at once rather than after the whole pass.
     Returns the upstream stats dict {'num_images': n, metric: {'mu', 'sigma'}} (float64).
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device, note=False)
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
     expected_dims = expected_dims or {}
     accumulators = {name: stats_lib.FeatureStats() for name in metrics}
-    rank = stats_lib.rank_and_world_size()[0]
+    rank = dist.get_rank()
     # disable=None: no bar when stderr is not a terminal (logs); leave=False + the context manager
     # clear the bar on errors too, so an error message starts on a clean line.
     with tqdm.tqdm(total=num_batches, unit='batch', desc='Computing features', leave=False,
@@ -79,7 +77,7 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
                 batch, error = batch
                 if error:
                     raise UserError(error)
-            images = to_rgb(batch, source).to(device)
+            images = to_rgb(batch.to(device), source)
             for name in metrics:
                 features = dets[name](images).reshape(images.shape[0], -1)
                 dim = expected_dims.get(name)
@@ -93,6 +91,10 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
     for name in metrics:
         acc = accumulators[name]
         dim = acc.sum.shape[0] if acc.sum is not None else expected_dims.get(name, 0)
+        if dist.get_world_size() > 1:  # a rank that saw no images learns the dimension from the others
+            dim_t = torch.tensor([dim], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(dim_t, op=torch.distributed.ReduceOp.MAX)
+            dim = int(dim_t)
         num_images = acc.all_reduce(dim, device).num
         per_metric[name] = acc.mean_and_cov()
     return stats_lib.make_stats_dict(num_images, per_metric)
@@ -116,7 +118,7 @@ def compute_stats_for_images(image_path, metrics, *, max_size=None, seed=0, max_
     if len(dataset) < min_images:
         raise UserError(f'{image_path}: Found {len(dataset)} images, but need at least {min_images}')
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
-    rank, world_size = stats_lib.rank_and_world_size()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     loader, num_batches = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
     return compute_stats(loader, metrics, device=device, dets=dets, expected_dims=expected_dims,
                          num_batches=num_batches, source=image_path, progress=progress)
@@ -184,7 +186,7 @@ def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_
     metrics = detectors.check_metric_names(metrics)
     stats = compute_stats_for_images(image_path, metrics, max_batch_size=max_batch_size,
                                      num_workers=num_workers, device=device, progress=progress)
-    if stats_lib.rank_and_world_size()[0] == 0:
+    if dist.get_rank() == 0:
         stats_lib.save_stats(stats, dest_path)
     return stats
 
@@ -210,26 +212,18 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     images as they come, never writing them. `guidance_interval` = (start, stop) step indices,
     `guidance_sigma` = (lo, hi] noise range; at most one of them.
     """
-    from edmguide import generation, loading # heavy imports, only needed by this job
     ref = stats_lib.load_reference(ref_path) # fail early, before loading networks
     metrics = resolve_metrics(metrics, ref, ref_path)
-    dims = reference_dims(ref, metrics, ref_path)
+    reference_dims(ref, metrics, ref_path) # checks the reference's shapes, also before loading networks
     dets = build_detectors(metrics)
-    device = torch.device(device) if device is not None else default_device()
-    if guidance is not None and guidance != 1 and gnet_path is None:
+    device = pick_device(device, note=False)
+    guided = guidance is not None and guidance != 1
+    if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
-    net, encoder = loading.load_network(net_path, device)
-    if encoder is None:
-        raise UserError(f'{net_path}: network has no image encoder/decoder to produce images with')
-    loading.init_encoder(encoder, device)
-    schedule_kwargs = {k: sampler_kwargs[k] for k in ('num_steps', 'sigma_min', 'sigma_max', 'rho')
-                       if k in sampler_kwargs}
+    net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
     schedule = generation.build_guidance(guidance, guidance_interval, guidance_sigma, net=net,
-                                         mode=mode, **schedule_kwargs)
-    gnet = None
-    if schedule.is_active:
-        gnet, _ = loading.load_network(gnet_path, device, want_encoder=False)
-    rank, world_size = stats_lib.rank_and_world_size()
+                                         mode=mode, device=device, **sampler_kwargs)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     batches = generation.generate_batches(net, encoder, range(seed, seed + num_images), gnet=gnet,
                                           guidance=schedule, class_idx=class_idx,
                                           max_batch_size=max_batch_size, device=device, rank=rank,

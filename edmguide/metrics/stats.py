@@ -19,17 +19,6 @@ from edmguide.images import atomic_write
 from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
-# Distributed helpers (a single process needs no process group).
-
-def rank_and_world_size():
-    """(rank, world_size), (0, 1) without a process group."""
-    return dist.get_rank(), dist.get_world_size()
-
-def all_reduce_sum(tensor):
-    """Sum `tensor` in place over all ranks (no-op in a single process)."""
-    return dist.all_reduce_sum(tensor)
-
-#----------------------------------------------------------------------------
 # Accumulating statistics.
 
 class FeatureStats:
@@ -59,7 +48,7 @@ class FeatureStats:
             self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
         num = torch.tensor([self.num], dtype=torch.float64, device=self.sum.device)
         for tensor in (self.sum, self.outer, num):
-            all_reduce_sum(tensor)
+            dist.all_reduce_sum(tensor)
         self.num = int(num.item())
         return self
 

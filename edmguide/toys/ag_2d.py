@@ -22,8 +22,10 @@ import time
 import numpy as np
 import torch
 
+from edmguide.demo.data import one_hot
 from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
+from edmguide.images import atomic_write
 from edmguide.loading import load_pickle
 from edmguide.sampling import noise_levels, sample
 from edmguide.toys import mlp
@@ -61,12 +63,6 @@ def ground_truth(mixture=None, dtype=torch.float64):
     comps = zip(mixture.weights / mixture.num_classes, mixture.means, mixture.covs, mixture.classes)
     return GaussianMixtureDenoiser(comps, label_dim=mixture.num_classes, dtype=dtype)
 
-
-def one_hot(n, class_idx, label_dim=2, dtype=torch.float32):
-    labels = torch.zeros([n, label_dim], dtype=dtype)
-    labels[:, class_idx] = 1
-    return labels
-
 #----------------------------------------------------------------------------
 # Training.
 
@@ -84,14 +80,11 @@ def train_model(name, *, assets_dir=ASSETS_DIR, log=print):
     ema, history = mlp.train(net, sample_data, targets, num_iters=cfg['num_iters'],
                              batch_size=cfg['batch_size'], seed=cfg['seed'], log=log, log_every=256)
     seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
-    os.makedirs(assets_dir, exist_ok=True)
-    with open(model_path(name, assets_dir), 'wb') as f:
-        pickle.dump(ema, f)
+    atomic_write(model_path(name, assets_dir), pickle.dumps(ema))
     record = dict(name=name, **cfg, seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), threads=torch.get_num_threads(),
                   final_loss=history[-1][1], history=[dict(iter=i, loss=round(l, 5), seconds=round(s, 1))
                                                        for i, l, s in history])
-    with open(os.path.join(assets_dir, f'ag2d-{name}.json'), 'w') as f:
-        json.dump(record, f, indent=1)
+    atomic_write(os.path.join(assets_dir, f'ag2d-{name}.json'), json.dumps(record, indent=1).encode())
     return ema, record
 
 
@@ -106,7 +99,7 @@ def denoiser_error(net, truth, sigma, *, class_idx=CLASS_A, n=2048, seed=0):
     gen = torch.Generator().manual_seed(seed)
     y = truth.sample_data(n, class_idx, generator=gen)[0]
     x = y + sigma * torch.randn(y.shape, generator=gen, dtype=y.dtype)
-    labels = None if class_idx is None else one_hot(n, class_idx, truth.label_dim, torch.float64)
+    labels = None if class_idx is None else one_hot(torch.full([n], class_idx), truth.label_dim).to(torch.float64)
     ref = truth(x, torch.tensor(sigma, dtype=torch.float64), labels)
     out = net(x.to(torch.float32), torch.tensor(sigma)).to(torch.float64)
     return float(((out - ref) ** 2).sum(1).mean() / sigma ** 2)
@@ -136,7 +129,6 @@ def render(path, models=None, *, num_samples=None, seed=0):
     num_samples = num_samples or NUM_SAMPLES
     models = models if models is not None else load_models()
     mixture = make_two_class_trees(TREE_SEED)
-    truth = ground_truth(mixture)
     gen = np.random.default_rng(seed)
     panels = [('Ground truth (class A)', mixture.sample(num_samples, gen, CLASS_A))]
     for title, net, gnet, guidance in methods(models):

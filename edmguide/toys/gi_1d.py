@@ -18,6 +18,7 @@ and a histogram of the final samples against the true class densities.
 import numpy as np
 import torch
 
+from edmguide.demo.data import one_hot
 from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
 from edmguide.sampling import noise_levels, sample
@@ -58,8 +59,7 @@ def sample_class_a(net, guidance, *, num_samples=NUM_SAMPLES, seed=0):
     """Samples of class A and their trajectories: (x [n], sigmas [S+1], traj [S+1, n])."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn([num_samples, 1], generator=gen, dtype=torch.float64)
-    labels = torch.zeros([num_samples, 2], dtype=torch.float64)
-    labels[:, 0] = 1
+    labels = one_hot(torch.zeros([num_samples], dtype=torch.int64), 2).to(torch.float64)  # all class A
     sigmas = noise_levels(NUM_STEPS, SIGMA_MIN, SIGMA_MAX, RHO, dtype=torch.float64)
     steps = []
     x = sample(net, noise, labels, gnet=net.unconditional(), guidance=guidance, sigmas=sigmas,
