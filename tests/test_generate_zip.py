@@ -39,8 +39,8 @@ def test_zip_name_entries_and_resume_after_kill_9(tiny_pickles, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = out / 'tiny-cond-s0-nimg24-g2.00-gi.zip.parts'
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(parts.glob('0*.png'))) < 6:
-        time.sleep(0.05)
+    while time.time() < deadline and proc.poll() is None and len(list(parts.glob('0*.png'))) < 6:
+        time.sleep(0.05)  # (a run that died early fails the count below at once)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.read_bytes() for p in parts.glob('0*.png')}
