@@ -58,33 +58,6 @@ def test_train_test_split_is_disjoint_and_deterministic():
 #----------------------------------------------------------------------------
 # Training loop pieces.
 
-def test_ema_gamma_matches_the_requested_relative_std():
-    for std in [0.01, 0.05, 0.1, 0.2]:
-        g = train.ema_std_to_gamma(std)
-        assert np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3))) == pytest.approx(std, rel=1e-9)
-    assert train.ema_std_to_gamma(0.05) == pytest.approx(16.97, abs=0.01)
-
-
-def test_learning_rate_ramps_up_then_decays_as_inverse_sqrt():
-    lr = lambda step: train.learning_rate(step, 0.01, rampup_steps=10, decay_steps=100)
-    assert lr(0) == pytest.approx(0.001) and lr(9) == pytest.approx(0.01) and lr(100) == pytest.approx(0.01)
-    assert lr(400) == pytest.approx(0.005)
-
-
-def test_power_ema_first_update_copies_then_averages():
-    net = torch.nn.Linear(2, 1, bias=False)
-    ema = train.PowerEMA(net, 0.1)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    ema.update(net)
-    assert torch.equal(ema.net.weight, net.weight)  # beta_1 = 0: the average starts at the net
-    with torch.no_grad():
-        net.weight.fill_(3.0)
-    ema.update(net)
-    beta = 0.5 ** (ema.gamma + 1)
-    assert float(ema.net.weight[0, 0]) == pytest.approx(beta * 1 + (1 - beta) * 3)
-
-
 def test_training_loss_decreases_on_the_digits(digits):
     images, labels = digits
     _, result = _tiny_run(images, labels, steps=30)

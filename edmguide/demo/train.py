@@ -10,9 +10,8 @@ Ingredients (EDM2 paper, Karras et al. 2024):
 - loss with learned uncertainty: weight(sigma) / exp(u(sigma)) * mean_pixels |D(y + sigma n) - y|^2
   + u(sigma), weight = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2, u = the net's logvar head;
 - Adam (betas 0.9/0.99, eps 1e-8), a linear learning-rate ramp, then inverse-square-root decay;
-- a power-function EMA of the weights (EDM2 section 3.1): after update t the average gets weight
-  beta_t = (1 - 1/t)^(gamma + 1), which keeps the averaging window a fixed fraction of the training
-  so far; gamma is chosen from the relative standard deviation `ema_std` of that window.
+- a power-function EMA of the weights (EDM2 section 3.1) with relative standard deviation `ema_std`
+  (`edmguide.optim`, shared with the toy trainer).
 Everything is deterministic given the seed (one generator for data order, one for noise).
 
 Only light modules are imported at module level, because this file's source travels inside the
@@ -54,53 +53,6 @@ class EDM2Loss:
         return (weight / logvar.exp() * err + logvar).flatten()
 
 #----------------------------------------------------------------------------
-# Learning rate and power-function EMA.
-
-def learning_rate(step, ref_lr, rampup_steps, decay_steps):
-    """lr at (0-based) `step`: linear ramp over `rampup_steps`, then ref_lr / sqrt(step / decay_steps)."""
-    lr = ref_lr
-    if decay_steps > 0:
-        lr /= np.sqrt(max(step / decay_steps, 1))
-    if rampup_steps > 0:
-        lr *= min((step + 1) / rampup_steps, 1)
-    return float(lr)
-
-
-def ema_std_to_gamma(std):
-    """Exponent gamma of the power-function EMA whose relative standard deviation is `std`.
-
-    The averaging profile of exponent gamma has relative std sqrt((g + 1) / ((g + 2)^2 (g + 3)));
-    solve that cubic for the largest real root.
-    """
-    s2 = float(std) ** 2
-    roots = np.roots([s2, 7 * s2, 16 * s2 - 1, 12 * s2 - 1])
-    real = roots[np.abs(roots.imag) < 1e-9].real
-    gamma = float(real.max())
-    if not gamma > 0:
-        raise ValueError(f'EMA std {std} is too large (must be below about 0.28)')
-    return gamma
-
-
-class PowerEMA:
-    """Power-function EMA of a module's floating-point parameters and buffers."""
-
-    def __init__(self, net, std):
-        self.gamma = ema_std_to_gamma(std)
-        self.net = copy.deepcopy(net).eval().requires_grad_(False)
-        self.num_updates = 0
-
-    @torch.no_grad()
-    def update(self, net):
-        self.num_updates += 1
-        beta = (1 - 1 / self.num_updates) ** (self.gamma + 1)
-        for p_ema, p_net in zip(_float_tensors(self.net), _float_tensors(net)):
-            p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-
-
-def _float_tensors(module):
-    return [t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()]
-
-#----------------------------------------------------------------------------
 # Demo configurations (data: one EasyDict per shipped network).
 
 # Sizes were chosen so that each net trains in minutes on one CPU thread: 16 channels at 16x16,
@@ -138,6 +90,7 @@ def training_loop(net, images, labels=None, *, seed=0, batch_size=128, total_ste
     """
     from training.encoders import StandardRGBEncoder
     from edmguide.demo.data import EpochSampler, one_hot
+    from edmguide.optim import PowerEMA, learning_rate
 
     encoder = StandardRGBEncoder()
     data = encoder.encode_latents(images)  # uint8 -> float32 in [-1, 1]

@@ -18,16 +18,15 @@ log-normal; the target is the ideal (closed-form) denoiser of the data at (x, σ
 |∇ᵤF − (D_ideal − c_skip x)/c_out|² (EDM's loss weighting, ≡ |D − D_ideal|²/c_out²), averaged over
 points and coordinates. Adam (β = 0.9, 0.99), learning rate 0.01 decayed as 1/sqrt(max(t/512, 1)),
 forced weight normalisation after every step, and a power-function EMA with σ_rel = 0.010 whose
-weights are the model that is kept.
+weights are the model that is kept (schedule and EMA from `edmguide.optim`, as the demo trainer).
 
-This module imports only numpy, torch and `torch_utils.persistence`, because pickles of
-`ToyDenoiser` embed its source (persistence protocol) and re-execute it when loaded.
+At module level this file imports only torch and `torch_utils.persistence`, because pickles of
+`ToyDenoiser` embed its source (persistence protocol) and re-execute it when loaded; `train` imports
+the rest when it runs.
 """
 
-import copy
 import time
 
-import numpy as np
 import torch
 
 from torch_utils import persistence
@@ -124,32 +123,20 @@ class ToyDenoiser(torch.nn.Module):
 #----------------------------------------------------------------------------
 # Training.
 
-def power_ema_gamma(sigma_rel):
-    """Exponent γ of the power-function EMA with relative standard deviation `sigma_rel`
-    (solves σ_rel² = (γ+1) / ((γ+2)² (γ+3)) by bisection on log γ)."""
-    lo, hi = np.log(1e-3), np.log(1e8)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        g = np.exp(mid)
-        rel = np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))
-        lo, hi = (mid, hi) if rel > sigma_rel else (lo, mid)
-    return float(np.exp((lo + hi) / 2))
-
-
 def train(net, sample_data, ideal_denoiser, *, num_iters, batch_size=4096, lr=0.01, lr_ref_iters=512,
           P_mean=-1.6, P_std=1.6, ema_sigma_rel=0.010, seed=0, log=None, log_every=64):
     """Train `net` (a ToyDenoiser) by exact score matching; return (ema_net, history).
 
     sample_data(n, generator) -> [n, 2] clean points; ideal_denoiser(x [N,2], sigma [N]) -> [N,2].
     history: list of (iteration, loss, seconds) every `log_every` iterations and at the end."""
+    from edmguide.optim import PowerEMA, learning_rate  # not at module level: see the module docstring
     gen = torch.Generator().manual_seed(seed)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    gamma = power_ema_gamma(ema_sigma_rel)
+    ema = PowerEMA(net, ema_sigma_rel)
     opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.99))
     history, start = [], time.time()
     for it in range(num_iters):
         for group in opt.param_groups:
-            group['lr'] = lr / np.sqrt(max(it / lr_ref_iters, 1))
+            group['lr'] = learning_rate(it, lr, decay_steps=lr_ref_iters)
         y = sample_data(batch_size, gen)
         sigma = (torch.randn(batch_size, generator=gen) * P_std + P_mean).exp()
         x = y + sigma[:, None] * torch.randn(y.shape, generator=gen)
@@ -164,14 +151,11 @@ def train(net, sample_data, ideal_denoiser, *, num_iters, batch_size=4096, lr=0.
         for m in net.modules():
             if isinstance(m, MPLinear):
                 m.renormalize_()
-        beta = (1 - 1 / (it + 1)) ** (gamma + 1)
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p, 1 - beta)
+        ema.update(net)
         if (it + 1) % log_every == 0 or it + 1 == num_iters:
             history.append((it + 1, loss.item(), time.time() - start))
             if log is not None:
                 log(f'iter {it + 1:5d}/{num_iters}  loss {history[-1][1]:.4f}  {time.time() - start:6.1f}s')
-    return ema, history
+    return ema.net, history
 
 #----------------------------------------------------------------------------
