@@ -21,7 +21,10 @@ from torch_utils import distributed as dist
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
                  batch_size_decoder=8, guidance_scale=2.0, guidance_interval=(17, 22), guidance_sigma=None,
                  seed=0, numerics='gi', device=None, verbose=False, progress=True, **sampler_kwargs):
-    """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`; returns its path."""
+    """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`.
+
+    Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
+    path under 'path'."""
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
     device = pick_device(device)
@@ -44,7 +47,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
         t = stats['timing']
         print('Timing (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in t.items()))
     dist.print0('Done.')
-    return zip_path
+    return dict(stats, path=zip_path)
 
 
 @click.command(epilog=cli.PICKLE_NOTE)

@@ -47,6 +47,8 @@ def test_quick_run_writes_all_sections(tmp_path):
 
     assert fd['factorization'] == ['cholesky', 'cholesky']
     assert fd['rank_deficient']['ours_rel_err_vs_exact'] < 1e-9  # singular covariances: eigh branch, still exact
+    assert fd['eigenvalue_route']['rel_err_vs_exact'] < 1e-9 and fd['singular_values_only_s'] > 0
+    assert pipe['stages_s']['sampling'] > 0  # dump_zip's own timing, returned by generate_zip
 
     features = result['features']['rows']
     assert features[0]['images_per_s'] > 0

@@ -147,3 +147,15 @@ def test_resuming_with_another_batch_size_is_refused(tiny_pickles, tmp_path):
     zip_path.unlink()
     result = run_script('generate_zip.py', args + ['--batch_size', 3])
     assert_one_line_error(result, 'batch_size')
+
+
+def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
+    import generate_zip as gz
+    kwargs = dict(zip_dir=str(tmp_path), num_images=3, batch_size=2, guidance_scale=2.0, guidance_interval=(1, 2),
+                  num_steps=4, device='cpu', progress=False)
+    first = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **kwargs)
+    assert first['path'] == str(tmp_path / 'tiny-cond-s0-nimg3-g2.00-gi.zip') and os.path.isfile(first['path'])
+    assert (first['generated'], first['skipped']) == (3, 0)
+    assert set(first['timing']) >= {'sampling', 'decoding', 'writing', 'zip'} and first['timing']['sampling'] > 0
+    again = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **kwargs)
+    assert again['path'] == first['path'] and (again['generated'], again['skipped']) == (0, 3)
