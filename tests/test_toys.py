@@ -142,7 +142,7 @@ def test_figures_render_from_shipped_models(tmp_path, monkeypatch):
             assert img.format == 'PNG' and img.size == size
 
 
-def test_missing_models_are_reported_as_user_error(tmp_path):
+def test_missing_model_pickle_is_named_to_the_user(tmp_path):
     toy_figures = _import_script()
     with pytest.raises(UserError, match='ag2d-main.pkl'):
         toy_figures.toy_figures(str(tmp_path), which=('ag_2d',), assets_dir=str(tmp_path / 'none'), log=lambda m: None)
