@@ -20,7 +20,6 @@ import click
 
 from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
 from edmguide.errors import run_cli
-from edmguide.generation import pick_device
 from edmguide.metrics import detectors, pipeline
 from torch_utils import distributed as dist
 
@@ -55,7 +54,7 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
     value, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
-                          results_dir=results_dir, batch_size=batch_size, device=pick_device(device, note=False))
+                          results_dir=results_dir, batch_size=batch_size, device=device)
     print(f'{detectors.metric_label(metric)} = {value:.2f}')
 
 #----------------------------------------------------------------------------
@@ -79,7 +78,7 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
     """Metrics of a set of images against reference statistics."""
     results = run_cli(lambda: pipeline.calc_metrics_for_images(
         image_path, ref_path, parse_metrics_option(metrics), num_images=num_images, seed=seed,
-        max_batch_size=max_batch_size, num_workers=num_workers, device=pick_device(device, note=False)))
+        max_batch_size=max_batch_size, num_workers=num_workers, device=device))
     print_results(results)
 
 @edm2_cli.command()
@@ -93,7 +92,7 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
     """Reference statistics of a dataset, saved as a pickle."""
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=pick_device(device, note=False)))
+        num_workers=num_workers, device=device))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
@@ -120,7 +119,7 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
             guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
-            device=pick_device(device, note=False), **kwargs)
+            device=device, **kwargs)
     print_results(run_cli(job))
 
 #----------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))
     for label, guide, weight, interval in presets.DEMO_METHODS:
         if guide != 'none':
             label += f', w={weight:g}' + (f', steps [{interval[0]}, {interval[1]}]' if interval else '')
-        methods.append((label, guides[guide], build_guidance(weight, interval=interval, net=net, mode='edm2')))
+        methods.append((label, guides[guide], build_guidance(weight, interval=interval, net=net, mode='edm2', device=device)))
     path = os.path.join(outdir, 'demo-comparison.png')
     figures.render_comparison(methods, net, encoder, classes, list(seeds), path, device=device)
     print(f'Wrote {path}: rows = ' + ', '.join(m[0] for m in methods) + f'; columns = classes {list(classes)} x seeds {list(seeds)}')

@@ -67,7 +67,7 @@ def _scale_inset(inset, resolution):
 def _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose):
     """Decoded images (HWC uint8 list) of `seeds` for `class_idx`, GI-style: hashed seeds, fixed label."""
     hashed = gi_seeds(seeds, class_idx)
-    guidance = build_guidance(weight, interval=interval, net=net, mode='gi')
+    guidance = build_guidance(weight, interval=interval, net=net, mode='gi', device=device)
     out = []
     for batch in generate_batches(net, encoder, hashed, gnet=gnet, guidance=guidance, class_idx=class_idx,
                                   max_batch_size=64, device=device, rank=0, world_size=1, mode='gi', sync=False):

@@ -81,7 +81,10 @@ def pick_device(requested=None, *, note=True):
     """`requested` if given, else this process's CUDA device when present, else CPU (with a one-line
     note unless `note` is False: metric scripts keep their stdout to the results)."""
     if requested:
-        return torch.device(requested)
+        try:
+            return torch.device(requested)
+        except RuntimeError as exc:
+            raise UserError(f'--device {requested!r}: {exc}') from None
     if torch.cuda.is_available():
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
     if note:

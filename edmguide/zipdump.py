@@ -48,16 +48,21 @@ def _finished_parts(parts_dir):
     return done
 
 
-def _prepare_parts_dir(parts_dir, settings):
-    """Create the work folder, or check that an existing one was made with the same settings."""
+def _check_parts_settings(parts_dir, settings):
+    """Refuse an existing work folder that was made with other settings (read-only)."""
     settings_path = os.path.join(parts_dir, 'settings.json')
-    if os.path.isdir(parts_dir) and os.path.isfile(settings_path):
+    if os.path.isfile(settings_path):
         with open(settings_path) as f:
             previous = json.load(f)
         if previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             raise UserError(f'{parts_dir} holds an unfinished run with other settings ({", ".join(changed)}); '
                             f'rerun with the same settings or delete that folder')
+
+
+def _prepare_parts_dir(parts_dir, settings):
+    """Create the work folder (its settings already checked), clearing temp files of cut-off writes."""
+    settings_path = os.path.join(parts_dir, 'settings.json')
     os.makedirs(parts_dir, exist_ok=True)
     for name in os.listdir(parts_dir):  # temp files of writes that were cut off
         if name.startswith('.tmp-'):
@@ -106,6 +111,7 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
     if _zip_is_complete(zip_path, settings):
         dist.print0(f'{zip_path} is already complete; nothing to do.')
         return dict(generated=0, skipped=len(seeds))
+    _check_parts_settings(parts_dir, settings)  # every rank, so that a mismatch stops all of them
     if rank == 0:
         _prepare_parts_dir(parts_dir, settings)
     dist.barrier()

@@ -28,8 +28,7 @@ def _sweep_one(method, weights, interval, num_images):
     torch.set_num_threads(1)
     label, guide, limited = method
     files = presets.DEMO_FILES
-    net, encoder = loading.load_network(files.cond)
-    gnet = loading.load_network(getattr(files, guide), want_encoder=False)[0] if guide else None
+    net, encoder, gnet = loading.load_networks(files.cond, getattr(files, guide) if guide else None, 'cpu')
     row_weights = weights if guide else (1.0,)
     return sweep.sweep(net, encoder, files.ref, 'fd_digits', [(label, gnet, interval if limited else None, row_weights)],
                        num_images=num_images)[0]
@@ -44,7 +43,10 @@ def _sweep_one(method, weights, interval, num_images):
 def main(num_images, weights, interval, jobs, out):
     """Sweep guidance weights for no guidance, CFG, interval, autoguidance and autoguidance + interval."""
     def work():
-        start, stop = parse_interval(interval)
+        parsed = parse_interval(interval)
+        if parsed is None:
+            raise UserError(f'--interval must be "start,stop" step indices, got {interval!r}')
+        start, stop = parsed
         try:
             weight_list = tuple(float(w) for w in weights.split(','))
         except ValueError:

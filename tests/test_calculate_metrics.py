@@ -287,3 +287,13 @@ def test_gen_with_guidance_interval_and_errors(cache, tmp_path, tiny_pickles, im
                           'no statistics for metric "fd_dinov2"')
 
 #----------------------------------------------------------------------------
+
+
+
+def test_unknown_device_is_a_one_line_error_in_both_forms(cache, tmp_path, image_zip, other_ref):
+    ref_path = other_ref[0]
+    gi = ['--gen_zip', image_zip, '--ref_path', ref_path, '--results_dir', str(tmp_path / 'results')]
+    assert_one_line_error(invoke(calculate_metrics.gi_cli, gi + ['--device', 'bogus']), "--device 'bogus'")
+    assert not (tmp_path / 'results').exists()
+    calc = ['calc', '--images', image_zip, '--ref', ref_path, '--metrics', 'fid', '--num', '2', '--device', 'bogus']
+    assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc), "--device 'bogus'")

@@ -97,3 +97,9 @@ def test_preset_errors_match_upstream_messages(tmp_path):
     assert result.exit_code != 0 and 'Invalid configuration preset "nonsense"' in result.output
     result = invoke(generate_images.main, ['--net', 'x.pkl', '--guidance', '2', '--outdir', tmp_path])
     assert result.exit_code != 0 and 'Please specify --gnet when using guidance' in result.output
+
+
+def test_unknown_device_is_a_one_line_error(tmp_path):
+    result = run_script('generate_images.py', ['--preset=demo', '--outdir', tmp_path, '--device', 'bogus'])
+    assert_one_line_error(result, '--device', 'bogus')
+    assert not list(tmp_path.iterdir())

@@ -31,8 +31,8 @@ def test_power_ema_first_update_copies_then_averages():
     with torch.no_grad():
         net.weight.fill_(3.0)
     ema.update(net)
-    beta = 0.5 ** (ema.gamma + 1)
-    assert float(ema.net.weight[0, 0]) == pytest.approx(beta * 1 + (1 - beta) * 3)
+    beta = 0.5 ** (6.937204 + 1)  # gamma for std 0.1: (g+1) / ((g+2)^2 (g+3)) = 0.01 at g = 6.937204
+    assert float(ema.net.weight[0, 0]) == pytest.approx(beta * 1 + (1 - beta) * 3, rel=1e-6)
 
 
 def test_power_ema_averages_float_buffers_and_leaves_integer_ones():
@@ -42,6 +42,10 @@ def test_power_ema_averages_float_buffers_and_leaves_integer_ones():
     net.num_batches_tracked.fill_(7)
     ema.update(net)
     assert torch.equal(ema.net.running_mean, net.running_mean)
+    net.running_mean.fill_(4.0)
+    ema.update(net)
+    beta = 0.5 ** (6.937204 + 1)
+    assert float(ema.net.running_mean[0]) == pytest.approx(beta * 2 + (1 - beta) * 4, rel=1e-6)
     assert int(ema.net.num_batches_tracked) == 0
 
 

@@ -173,14 +173,13 @@ def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
 def compute_demo_reference(outdir, *, verbose=True):
     """Reference statistics of all 1797 digits under `<outdir>/digits-features.pkl` -> digits-ref.pkl."""
     import os
-    import pickle
     from edmguide.demo.data import load_digits_uint8
-    from edmguide.images import atomic_write
     from edmguide.loading import load_pickle
+    from edmguide.metrics.stats import save_stats
     net = load_pickle(os.path.join(outdir, FEATURES_FILE))
     images, _ = load_digits_uint8(net.img_resolution)
     stats = reference_stats(net, images, METRIC)
-    atomic_write(os.path.join(outdir, REF_FILE), pickle.dumps(stats))
+    save_stats(stats, os.path.join(outdir, REF_FILE))
     if verbose:
         print(f'ref: wrote {REF_FILE} ({stats["num_images"]} images, {METRIC} dim {len(stats[METRIC]["mu"])})')
     return stats
