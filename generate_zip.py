@@ -14,6 +14,7 @@ import click
 from edmguide import cli, loading
 from edmguide.errors import UserError, run_cli
 from edmguide.generation import build_guidance, pick_device
+from edmguide.guidance import method_tag
 from edmguide.zipdump import dump_zip, zip_file_name
 from torch_utils import distributed as dist
 
@@ -35,9 +36,9 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
                                                encoder_batch_size=batch_size_decoder, verbose=verbose)
     guidance = build_guidance(guidance_scale, interval=guidance_interval, sigma_range=guidance_sigma, net=net,
                               mode=numerics, device=device, **sampler_kwargs)
-    method = 'gi' if (guidance_interval is not None or guidance_sigma is not None) else 'cfg'
+    method = method_tag(guidance_interval if guidance_interval is not None else guidance_sigma)
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
-    settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=str(guidance),
+    settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
                     numerics=numerics, **{k: (v if v != float('inf') else 'inf') for k, v in sampler_kwargs.items()})
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}"...')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,

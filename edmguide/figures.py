@@ -14,6 +14,7 @@ import numpy as np
 import dnnlib
 from edmguide import images as imagelib
 from edmguide.generation import build_guidance, generate_batches
+from edmguide.guidance import method_tag
 from edmguide.seeds import gi_seeds
 
 THICK_BOX = 7e-3    # line width of the box on the full image (4 px at 512)
@@ -53,10 +54,6 @@ def parse_figure_names(text):
     if unknown or not names:
         raise UserError(f'unknown figure name(s) {", ".join(unknown) or repr(text)}; choose from: all, {", ".join(FIGURES)}')
     return names
-
-
-def method_tag(interval):
-    return 'gi' if interval is not None else 'cfg'
 
 
 def _scale_inset(inset, resolution):

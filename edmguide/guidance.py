@@ -121,6 +121,12 @@ class GuidanceSchedule:
             return min(positive, key=lambda t: abs(math.log(t) - math.log(v)))
         return GuidanceSchedule(tuple((snap(lo), snap(hi), w) for lo, hi, w in self.segments))
 
+    def as_data(self):
+        """The segments as JSON-able [lo, hi, w] lists, exact (a float keeps every digit through JSON;
+        an infinite bound is the string 'inf'). For records that must tell schedules apart, such as
+        the settings a resumable run is checked against; str() rounds to 6 digits for people."""
+        return [[v if math.isfinite(v) else 'inf' for v in seg] for seg in self.segments]
+
     def __str__(self):
         if not self.is_active:
             return 'no guidance'
@@ -150,6 +156,12 @@ def sigma_range_to_indices(sigma_lo, sigma_hi, sigmas):
     _check_range(float(sigma_lo), float(sigma_hi))
     found = GuidanceSchedule.sigma_range(2.0, sigma_lo, sigma_hi).to_step_indices(sigmas)
     return found[0][:2] if found else None
+
+
+def method_tag(interval):
+    """Upstream file-name tag: 'gi' when guidance is limited to an interval (step indices or a
+    noise range), 'cfg' when it is applied at every step (or not at all)."""
+    return 'gi' if interval is not None else 'cfg'
 
 #----------------------------------------------------------------------------
 # Parsers for command-line strings.

@@ -135,7 +135,7 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
     if steps < 1 or sigmas[-1] != 0:
         raise UserError('noise schedule must have at least two levels and end with 0')
 
-    weights = [guidance.weight(t) for t in sigmas[:-1].tolist()]  # one device->host copy, not one per step
+    weights = guidance.step_weights(sigmas)  # decided on the host once, not with a sync per step
     round_sigma = (lambda t: _round_sigma(net, t)) if mode == 'gi' else None
     x = noise.to(dtype) * sigmas[0]
     for i, (t_cur, t_next, w) in enumerate(zip(sigmas[:-1], sigmas[1:], weights)):

@@ -162,3 +162,21 @@ def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
     assert set(first['timing']) >= {'sampling', 'decoding', 'writing', 'zip'} and first['timing']['sampling'] > 0
     again = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **kwargs)
     assert again['path'] == first['path'] and (again['generated'], again['skipped']) == (0, 3)
+
+
+def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(tiny_pickles, tmp_path):
+    """The settings record the schedule exactly: str() of the two ranges is the same, the images are not."""
+    import pytest
+    import generate_zip as gz
+    from edmguide.errors import UserError
+    kwargs = dict(zip_dir=str(tmp_path), num_images=2, batch_size=2, guidance_scale=2.0, guidance_interval=None,
+                  num_steps=4, device='cpu', progress=False)
+    zip_path = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9),
+                               **kwargs)['path']
+    parts = tmp_path / (os.path.basename(zip_path) + '.parts')
+    parts.mkdir()
+    (parts / 'settings.json').write_text(_settings_of(zip_path))  # as if that run had stopped early
+    os.unlink(zip_path)
+    with pytest.raises(UserError, match=r'other settings \(guidance\)'):
+        gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9000001),
+                        **kwargs)

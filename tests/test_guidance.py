@@ -173,3 +173,14 @@ def test_same_weight_only_at_low_and_middle_sigma_keeps_both_modes_within_20_per
     assert abs(low - 0.5) < 0.2 * 0.5 and abs(high - 0.5) < 0.2 * 0.5, (low, high)
     low, high = _mode_masses(GuidanceSchedule.none())
     assert abs(high - 0.5) < 0.03
+
+
+def test_schedule_data_is_exact_and_json_safe_where_its_text_is_rounded():
+    import json
+    a = GuidanceSchedule.sigma_range(2.0, 0.28, 2.9)
+    b = GuidanceSchedule.sigma_range(2.0, 0.28, 2.9000001)
+    assert str(a) == str(b)  # 6 significant digits, for people
+    assert a.as_data() == [[0.28, 2.9, 2.0]] and b.as_data() == [[0.28, 2.9000001, 2.0]]
+    assert json.loads(json.dumps(b.as_data(), allow_nan=False)) == b.as_data()
+    assert GuidanceSchedule.constant(1.5).as_data() == [[0.0, 'inf', 1.5]]
+    assert GuidanceSchedule.none().as_data() == []
