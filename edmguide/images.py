@@ -15,17 +15,24 @@ import PIL.ImageDraw
 
 
 def to_hwc_uint8(image):
-    """Accept a CHW/HWC torch tensor or numpy array (uint8) and return a numpy HWC uint8 array."""
-    if hasattr(image, 'detach'):
+    """uint8 image -> numpy HWC uint8 array. The layout follows the type, never the shape (a 3x3x3
+    image would be ambiguous): a torch tensor is CHW, as networks produce it; a numpy array is HWC,
+    as PIL gives it. A 2-D input of either kind is one gray channel."""
+    is_tensor = hasattr(image, 'detach')
+    if is_tensor:
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise TypeError(f'expected uint8 image, got {image.dtype}')
     if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):
-        image = image.transpose(1, 2, 0)
-    return image
+        return image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f'expected a 2-D or 3-D image, got shape {tuple(image.shape)}')
+    hwc = image.transpose(1, 2, 0) if is_tensor else image
+    if hwc.shape[2] not in (1, 3, 4):
+        layout = 'CHW tensor' if is_tensor else 'HWC array'
+        raise ValueError(f'expected 1, 3 or 4 channels in a {layout}, got shape {tuple(image.shape)}')
+    return hwc
 
 
 def to_pil(image):
