@@ -1,12 +1,14 @@
 """End-to-end tests of calculate_metrics.py (both command-line forms), offline with fake detectors."""
 
 import json
+import math
 import os
 import pickle
 import subprocess
 import sys
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from click.testing import CliRunner
@@ -61,6 +63,79 @@ def nchw(images):
     return torch.from_numpy(images).permute(0, 3, 1, 2)
 
 #----------------------------------------------------------------------------
+# Independent float64 references (no library code involved).
+
+def assert_printed(printed, expected, decimals=None):
+    """`printed` is `expected` written with `:g` (6 significant digits) or `:.{decimals}f`: they
+    agree to half a unit in the last printed digit (plus 1e-9 relative for the computations'
+    round-off, in case `expected` sits on a rounding boundary)."""
+    if decimals is None:
+        half_unit = 0.5 * 10.0 ** (math.floor(math.log10(abs(expected))) - 5)
+    else:
+        half_unit = 0.5 * 10.0 ** -decimals
+        assert printed == f'{float(printed):.{decimals}f}', printed
+    assert abs(float(printed) - expected) <= half_unit + 1e-9 * abs(expected), (printed, expected)
+
+def gram_fd(f1, f2):
+    """Fréchet distance of two feature sets [n, d] in float64, in data space: with A, B the
+    centred features over sqrt(n - 1), S1 = A^T A and S2 = B^T B, so tr S = |A|_F^2 and the
+    nonzero eigenvalues of S1 S2 are those of (B A^T)^T (B A^T), i.e. tr sqrt(S1 S2) is the sum of
+    the singular values of the small matrix B A^T. Exact for rank-deficient covariances (few
+    images, linearly dependent features), where scipy's sqrtm is good to ~1e-3 only."""
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    a = (f1 - f1.mean(0)) / np.sqrt(len(f1) - 1)
+    b = (f2 - f2.mean(0)) / np.sqrt(len(f2) - 1)
+    trace_sqrt = np.linalg.svd(b @ a.T, compute_uv=False).sum()
+    return float(np.square(f1.mean(0) - f2.mean(0)).sum() + np.square(a).sum() + np.square(b).sum()
+                 - 2 * trace_sqrt)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+
+def pil_resize_224(images):
+    """Guidance-interval's preprocessing: PIL bicubic to 224x224 per image, back to uint8."""
+    out = [np.asarray(PIL.Image.fromarray(image, 'RGB').resize((224, 224), PIL.Image.BICUBIC)) for image in images]
+    return np.stack(out).transpose(0, 3, 1, 2).astype(np.float64)
+
+def torch_resize_224(images):
+    """EDM2's preprocessing: antialiased bicubic on float pixels, no rounding."""
+    out = torch.nn.functional.interpolate(nchw(images).to(torch.float32), size=(224, 224), mode='bicubic',
+                                          antialias=True)
+    return out.double().numpy()
+
+def fake_dinov2_features64(resized):
+    """The fake DINOv2 of helpers_metrics (2x2 average pooling + channel means) of ImageNet-normalised
+    224x224 pixels, written out in float64 numpy."""
+    x = (resized / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    n = len(x)
+    pooled = x.reshape(n, 3, 2, 112, 2, 112).mean(axis=(3, 5)).reshape(n, 12)
+    return np.concatenate([pooled, x.mean(axis=(2, 3))], axis=1)
+
+def brightness_fd(images1, images2):
+    """Fréchet distance of per-image, per-channel mean brightness (uint8 NHWC sets), in float64:
+    explicit sums for means and (n-1) covariances, tr sqrt(S1 S2) as the eigenvalues of
+    sqrt(S1) S2 sqrt(S1) with sqrt(S1) from eigh (3x3, full rank)."""
+    def stats(images):
+        feats = images.astype(np.float64).sum(axis=(1, 2)) / (images.shape[1] * images.shape[2]) # [n, 3]
+        mu = feats.sum(0) / len(feats)
+        centred = feats - mu
+        return mu, centred.T @ centred / (len(feats) - 1)
+    (mu1, s1), (mu2, s2) = stats(images1), stats(images2)
+    lam, vec = np.linalg.eigh(s1)
+    assert lam.min() > 1e-6 * lam.max() # well conditioned, so the eigenvalue route is exact
+    root1 = (vec * np.sqrt(lam)) @ vec.T
+    trace_sqrt = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1)).sum()
+    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
+
+def write_ref(path, name, feats):
+    """A reference pickle whose `name` statistics are the float64 mean/covariance of `feats`."""
+    feats = np.asarray(feats, np.float64)
+    centred = feats - feats.sum(0) / len(feats)
+    stats = {'mu': feats.sum(0) / len(feats), 'sigma': centred.T @ centred / (len(feats) - 1)}
+    path.write_bytes(pickle.dumps({'num_images': len(feats), name: stats}))
+    return str(path)
+
+#----------------------------------------------------------------------------
 # Guidance-interval form.
 
 def test_gi_form_prints_fid_and_appends_jsonl(cache, tmp_path, image_zip, images, other_ref):
@@ -81,26 +156,51 @@ def test_gi_form_prints_fid_and_appends_jsonl(cache, tmp_path, image_zip, images
     assert record['num_gen_images'] == 12
     assert record['fid'] == pytest.approx(expected, rel=1e-6)
 
-def test_gi_form_fd_dinov2_uses_pil_resize(cache, tmp_path, image_zip, image_dir):
+def test_gi_form_fd_dinov2_uses_pil_resize(cache, tmp_path, image_zip, image_dir, images):
+    # Expected features of the same 12 images under both preprocessings, in float64. The detector
+    # itself runs in float32 (features off by ~1e-6), which bounds how sharp the checks can be.
+    feats_pil = fake_dinov2_features64(pil_resize_224(images))
+    feats_torch = fake_dinov2_features64(torch_resize_224(images))
+    pil_vs_torch = gram_fd(feats_pil, feats_torch)
+    assert 1e-4 < pil_vs_torch < 1e-3 # what the test below measures: the resizes differ, slightly
+    # The EDM2 `ref` command resizes with torch: its statistics are those of the torch features.
     ref_path = tmp_path / 'ref.pkl'
     result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(ref_path),
                                                  '--metrics', 'fd_dinov2', '--workers', '0'])
     assert result.exit_code == 0, result.output
-    result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', str(ref_path),
-                                               '--metric', 'fd_dinov2', '--results_dir', str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    # Same images; the reference used 'torch' resizing, the GI form 'pil', so close but not equal.
-    value = json.loads((tmp_path / 'fd_dinov2.jsonl').read_text())['fd_dinov2']
-    assert result.stdout.strip() == f'FD_DINOv2 = {value:.2f}'
-    assert 0 < value < 1e-2
+    with open(ref_path, 'rb') as f:
+        ref = pickle.load(f)['fd_dinov2']
+    assert np.abs(feats_pil.mean(0) - feats_torch.mean(0)).max() > 5e-4 # 50x the tolerance below
+    np.testing.assert_allclose(ref['mu'], feats_torch.mean(0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(ref['sigma'], np.cov(feats_torch, rowvar=False), rtol=0, atol=5e-5)
 
-def test_gi_form_dispatch_by_subprocess(cache, tmp_path, image_zip, other_ref):
+    def gi_value(ref_file, results):
+        result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', ref_file,
+                                                   '--metric', 'fd_dinov2', '--results_dir', str(results)])
+        assert result.exit_code == 0, result.output
+        value = json.loads((results / 'fd_dinov2.jsonl').read_text())['fd_dinov2']
+        assert result.stdout.strip() == f'FD_DINOv2 = {value:.2f}'
+        return value
+
+    # The GI form resizes with PIL: against the torch reference it measures exactly the PIL/torch
+    # difference (3e-3 relative: float32 detector round-off; a bilinear, Lanczos, non-antialiased
+    # or rounded resize on either side gives a value 2x to 10x off).
+    assert gi_value(str(ref_path), tmp_path / 'vs-torch') == pytest.approx(pil_vs_torch, rel=3e-3)
+    # Against a reference of the PIL-resized features (made here), it is zero up to that round-off
+    # (~1e-9, over 3000x below the PIL/torch value): it fails if the resize mode were ignored.
+    pil_ref = write_ref(tmp_path / 'pil-ref.pkl', 'fd_dinov2', feats_pil)
+    assert abs(gi_value(pil_ref, tmp_path / 'vs-pil')) < 1e-7
+
+def test_gi_form_dispatch_by_subprocess(cache, tmp_path, image_zip, images, other_ref):
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), other_ref[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
     cmd = [sys.executable, os.path.join(ROOT, 'calculate_metrics.py'), '--gen_zip', image_zip,
            '--ref_path', other_ref[0], '--results_dir', str(tmp_path / 'r')]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith('FID = ')
+    label, printed = proc.stdout.strip().split(' = ')
+    assert label == 'FID'
+    assert_printed(printed, expected, decimals=2)
     # An error is one line on stderr, exit 1, and nothing is appended.
     proc = subprocess.run(cmd[:3] + [str(tmp_path / 'missing.zip')] + cmd[4:], env=env,
                           capture_output=True, text=True, cwd=tmp_path, check=False)
@@ -150,7 +250,7 @@ def test_calc_subset_follows_seeded_shuffle(cache, image_dir, images, other_ref)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f'fid = {expected:g}'
 
-def test_calc_with_npz_reference_measures_fid_only(cache, tmp_path, image_dir, other_ref):
+def test_calc_with_npz_reference_measures_fid_only(cache, tmp_path, image_dir, images, other_ref):
     _ref_path, ref_feats = other_ref
     npz = tmp_path / 'ref.NPZ'
     with open(npz, 'wb') as f: # upper-case extension: detection is case-insensitive
@@ -160,21 +260,52 @@ def test_calc_with_npz_reference_measures_fid_only(cache, tmp_path, image_dir, o
     assert result.exit_code == 0, result.output
     out = result.stdout.strip().splitlines()
     assert out[0].startswith('note: skipping fd_dinov2') and 'ref.NPZ' in out[0]
-    assert len(out) == 2 and out[1].startswith('fid = ')
+    assert len(out) == 2 and out[1].split(' = ')[0] == 'fid'
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), ref_feats)
+    assert_printed(out[1].split(' = ')[1], expected)
 
-def test_registered_metric_is_usable_from_the_cli(cache, tmp_path, image_dir):
+def test_a_bad_image_seen_by_one_torchrun_rank_stops_every_rank_with_its_line(cache, tmp_path, image_dir):
+    """With 12 images in batches of 3 over 2 ranks, image 9 is read by rank 1 only. Rank 0 must not
+    wait for it in the final all-reduce: both ranks print rank 1's line and exit, nothing is written."""
+    with open(os.path.join(image_dir, '000009.png'), 'wb') as f:
+        f.write(b'not a png')
+    env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=cache,
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+    dest = tmp_path / 'ref.pkl'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'calculate_metrics.py'), 'ref', '--data', image_dir, '--dest', str(dest),
+           '--batch', '3', '--workers', '0', '--metrics', 'fid']
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 2 and errors[0] == errors[1] and '000009.png' in errors[0], result.stderr[-3000:]
+    assert 'UserError' not in result.stderr  # torchrun's own failure report follows, but no worker traceback
+    assert not dest.exists()
+
+def test_registered_metric_is_usable_from_the_cli(cache, tmp_path, image_dir, images):
     class Brightness(detectors.Detector):
         def __call__(self, images):
             return images.float().mean(dim=(2, 3))
     detectors.register_metric('fd_test', Brightness)
     try:
-        dest = tmp_path / 'ref.pkl'
-        result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest),
-                                                     '--metrics', 'fd_test', '--workers', '0'])
-        assert result.exit_code == 0, result.output
-        result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(dest),
-                                                     '--metrics', 'fd_test', '--num', '12', '--workers', '0'])
-        assert result.exit_code == 0 and result.stdout.startswith('fd_test = ')
+        others = hm.random_images(20, seed=7)
+        for name, data, expected in [('other', hm.write_image_dir(tmp_path / 'other', others),
+                                      brightness_fd(images, others)),
+                                     ('same', image_dir, 0.0)]:
+            dest = tmp_path / f'ref-{name}.pkl'
+            result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', data, '--dest', str(dest),
+                                                         '--metrics', 'fd_test', '--workers', '0'])
+            assert result.exit_code == 0, result.output
+            result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(dest),
+                                                         '--metrics', 'fd_test', '--num', '12', '--workers', '0'])
+            assert result.exit_code == 0, result.output
+            label, printed = result.stdout.strip().split(' = ')
+            assert label == 'fd_test'
+            if expected:
+                assert expected > 100 # brightness differs between the sets: a real distance, not round-off
+                assert_printed(printed, expected)
+            else: # same images: zero up to float64 round-off (features ~100, distances ~1e3)
+                assert abs(float(printed)) < 1e-9
     finally:
         detectors.unregister_metric('fd_test')
 

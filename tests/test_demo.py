@@ -53,3 +53,8 @@ def test_demo_runs_through_generate_zip_and_calculate_metrics(tmp_path):
     assert line['gen_zip'] == 'digits-cond-s0-nimg40-g2.00-gi' and line['num_gen_images'] == 40
     assert 0 < line['fd_digits'] < 1e4
     assert f"= {line['fd_digits']:.2f}" in result.stdout
+    # The EDM2 form without --metrics computes what the demo reference has, with no notes about
+    # the defaults (fid, fd_dinov2) that such a reference cannot have.
+    result = run_script('calculate_metrics.py', ['calc', '--images', zip_path, '--ref', files.ref, '--num', 40])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"fd_digits = {line['fd_digits']:g}"], result.stdout

@@ -68,24 +68,29 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
     expected_dims = expected_dims or {}
     accumulators = {name: stats_lib.FeatureStats() for name in metrics}
     rank = dist.get_rank()
+    failure = None
     # disable=None: no bar when stderr is not a terminal (logs); leave=False + the context manager
     # clear the bar on errors too, so an error message starts on a clean line.
     with tqdm.tqdm(total=num_batches, unit='batch', desc='Computing features', leave=False,
                    disable=(True if not progress or rank != 0 else None)) as bar, torch.no_grad():
-        for batch in batches:
-            if isinstance(batch, tuple):
-                batch, error = batch
-                if error:
-                    raise UserError(error)
-            images = to_rgb(batch.to(device), source)
-            for name in metrics:
-                features = dets[name](images).reshape(images.shape[0], -1)
-                dim = expected_dims.get(name)
-                if dim is not None and features.shape[1] != dim:
-                    raise UserError(f'the {name} detector gives {features.shape[1]} features, '
-                                    f'but the reference has {dim}')
-                accumulators[name].update(features)
-            bar.update(1)
+        try:
+            for batch in batches:
+                if isinstance(batch, tuple):
+                    batch, error = batch
+                    if error:
+                        raise UserError(error)
+                images = to_rgb(batch.to(device), source)
+                for name in metrics:
+                    features = dets[name](images).reshape(images.shape[0], -1)
+                    dim = expected_dims.get(name)
+                    if dim is not None and features.shape[1] != dim:
+                        raise UserError(f'the {name} detector gives {features.shape[1]} features, '
+                                        f'but the reference has {dim}')
+                    accumulators[name].update(features)
+                bar.update(1)
+        except UserError as exc:
+            failure = str(exc)
+    _raise_on_every_rank(failure, device)
     per_metric = {}
     num_images = 0
     for name in metrics:
@@ -98,6 +103,23 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
         num_images = acc.all_reduce(dim, device).num
         per_metric[name] = acc.mean_and_cov()
     return stats_lib.make_stats_dict(num_images, per_metric)
+
+def _raise_on_every_rank(failure, device):
+    """Raise UserError(failure) on every rank if any rank has a failure message (the lowest
+    failing rank's message), so that no rank is left waiting in the all-reduce that a failed rank
+    never reaches."""
+    if dist.get_world_size() > 1:
+        flag = torch.tensor([0 if failure is None else dist.get_world_size() - dist.get_rank()],
+                            dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if int(flag) > 0:
+            message = [failure]
+            on_gpu = torch.device(device).type == 'cuda'
+            torch.distributed.broadcast_object_list(message, src=dist.get_world_size() - int(flag),
+                                                    device=(torch.device(device) if on_gpu else None))
+            failure = message[0]
+    if failure is not None:
+        raise UserError(failure)
 
 def iter_image_file_batches(dataset, max_batch_size=64, num_workers=2, rank=0, world_size=1):
     """DataLoader over this rank's chunks of an ImageFiles set (split as seeds are split for
@@ -132,11 +154,14 @@ def resolve_metrics(requested, ref, ref_path):
     available = stats_lib.reference_metrics(ref)
     if requested is None:
         chosen = [name for name in DEFAULT_METRICS if name in available]
-        if not chosen:  # e.g. the demo's reference: use the registered metrics it has
-            chosen = [name for name in detectors.metric_names() if name in available]
-        for name in DEFAULT_METRICS:
-            if name not in available:
-                _note0(f'note: skipping {name}, which {ref_path} has no statistics for')
+        if chosen:  # a partial reference, e.g. an FID-only .npz: say what is left out
+            for name in DEFAULT_METRICS:
+                if name not in available:
+                    _note0(f'note: skipping {name}, which {ref_path} has no statistics for')
+            return chosen
+        # None of the defaults, e.g. the demo's reference: the registered metrics it has, silently
+        # (they are the reference's whole content, so nothing is being skipped).
+        chosen = [name for name in detectors.metric_names() if name in available]
         if not chosen:
             raise UserError(f'{ref_path}: no statistics for any of {", ".join(DEFAULT_METRICS)} '
                             f'(it has: {", ".join(available) or "none"})')
