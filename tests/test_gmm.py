@@ -82,15 +82,51 @@ def test_noisy_input_near_a_mode_denoises_to_that_mode_at_low_sigma():
     torch.testing.assert_close(out, torch.tensor([[-1.0], [1.0]], dtype=torch.float64), atol=1e-3, rtol=0)
 
 
+# (weight, mean, variance, class) of a 1D mixture; variances, not standard deviations.
+COMPS_1D = [(0.3, -1.0, 0.09, 0), (0.2, 1.5, 0.25, 0), (0.5, 0.5, 0.04, 1)]
+
+
+def _independent_cdf(comps, x, cls=None):
+    """CDF of a 1D mixture (or of one class, weights renormalised within it) from scipy.stats.norm."""
+    kept = [(w, mu, var) for w, mu, var, c in comps if cls is None or c == cls]
+    total = sum(w for w, _, _ in kept)
+    return sum(w / total * scipy.stats.norm.cdf(x, loc=mu, scale=math.sqrt(var)) for w, mu, var in kept)
+
+
+@pytest.mark.parametrize('cls', [None, 0, 1])
+def test_cdf_matches_scipy_mixture_cdf(cls):
+    net = GaussianMixtureDenoiser(COMPS_1D)
+    grid = np.concatenate([np.linspace(-3, 3, 241), [-50.0, -6.0, 6.0, 50.0]])
+    got = net.cdf(torch.as_tensor(grid), class_idx=cls).numpy()
+    want = _independent_cdf(COMPS_1D, grid, cls)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+    # The grid separates the classes and the variance/std reading: each alternative is far off.
+    assert np.abs(want - _independent_cdf(COMPS_1D, grid, None if cls is not None else 1)).max() > 0.1
+    wrong_scale = [(w, mu, var ** 2, c) for w, mu, var, c in COMPS_1D] # the variance read as a std
+    assert np.abs(want - _independent_cdf(wrong_scale, grid, cls)).max() > 0.05
+
+
 def test_sample_data_matches_exact_cdf_per_class():
-    net = GaussianMixtureDenoiser([(0.3, -1.0, 0.09, 0), (0.2, 1.5, 0.25, 0), (0.5, 0.5, 0.04, 1)])
+    net = GaussianMixtureDenoiser(COMPS_1D)
     g = torch.Generator().manual_seed(0)
+    n = 20000
     for cls in (None, 0, 1):
-        x, c = net.sample_data(20000, class_idx=cls, generator=g)
-        ks = scipy.stats.kstest(x[:, 0].numpy(), lambda v: net.cdf(torch.as_tensor(v), class_idx=cls).numpy())
-        assert ks.statistic < 0.02, cls
-        if cls is not None:
+        x, c = net.sample_data(n, class_idx=cls, generator=g)
+        assert x.shape == (n, 1) and c.shape == (n,)
+        # Kolmogorov-Smirnov against the CDF built here from the component list (not net.cdf):
+        # 0.02 is above the 0.1% critical value (1.95 / sqrt(n) = 0.0138) and far below the
+        # distance to a mixture with the wrong scales or class weights (both checked).
+        sample = x[:, 0].numpy()
+        ks = scipy.stats.kstest(sample, lambda v, cls=cls: _independent_cdf(COMPS_1D, v, cls))
+        assert ks.statistic < 0.02 and ks.pvalue > 1e-3, (cls, ks)
+        wrong_scale = [(w, mu, var ** 2, k) for w, mu, var, k in COMPS_1D]
+        assert scipy.stats.kstest(sample, lambda v, cls=cls: _independent_cdf(wrong_scale, v, cls)).statistic > 0.1
+        if cls is None:   # the classes come out in proportion to their weights (0.5 : 0.5)
+            assert abs((c == 1).double().mean().item() - 0.5) < 4 * math.sqrt(0.25 / n)
+        else:
             assert (c == cls).all()
+            other = scipy.stats.kstest(sample, lambda v: _independent_cdf(COMPS_1D, v, None))
+            assert other.statistic > 0.2, cls
     assert net.cdf(torch.tensor([-50.0, 50.0])).tolist() == pytest.approx([0.0, 1.0])
 
 

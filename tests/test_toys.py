@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from edmguide.errors import UserError
-from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
 from edmguide.toys import ag_2d, gi_1d
 from edmguide.toys.tree import make_two_class_trees
