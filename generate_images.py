@@ -4,7 +4,7 @@ or the embedded demo's comparison grid.
 
 Three ways to call it (the first two are upstream command lines, unchanged):
   seed mode (NVlabs/edm2):   --preset=NAME | --net=PKL [--gnet=PKL --guidance=W] --outdir=DIR --seeds=0-7
-                             plus --guidance_interval="[17, 22]" or --guidance_sigma="(0.28, 2.9]"
+                             plus --guidance_interval="[17, 22]" or --guidance_sigma="(0.1886, 1.6086]"
   figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
 """
@@ -21,7 +21,7 @@ from edmguide.seeds import parse_seed_list
 from torch_utils import distributed as dist
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
-                         seeds=range(16, 20), class_idx=None, max_batch_size=32, encoder_batch_size=4,
+                         seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
                          subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
     """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
     device = pick_device(device)
@@ -100,7 +100,7 @@ def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))
 @click.option('--figs', help='Figure mode: comma-separated figure names or "all"', metavar='LIST')
 @click.option('--results_dir', help='Figure mode: output directory', metavar='DIR', default='./results', show_default=True)
 @click.option('--seed', help='Figure mode: accepted for compatibility, unused', type=int, default=0)
-@click.option('--verbose', help='Print sampler details', is_flag=True)
+@cli.verbose_option('Print sampler details')
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
          cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, **opts):

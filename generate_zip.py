@@ -40,7 +40,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
     settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
                     numerics=numerics, **{k: (v if v != float('inf') else 'inf') for k, v in sampler_kwargs.items()})
-    dist.print0(f'Generating {num_images} images and saving them to "{zip_path}"...')
+    dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
                      guidance=guidance, batch_size=batch_size, device=device, mode=numerics, verbose=verbose,
                      progress=progress, **sampler_kwargs)
@@ -64,7 +64,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 @click.option('--seed', help='First seed', type=int, default=0, show_default=True)
 @click.option('--numerics', type=click.Choice(['gi', 'edm2']), default='gi', show_default=True, help=cli.NUMERICS_HELP)
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
-@click.option('--verbose', help='Per-batch timing', is_flag=True)
+@cli.verbose_option('Per-batch timing')
 @cli.sampler_options
 def main(guidance_interval, guidance_sigma, **kwargs):
     """Generate a zip of images with guidance limited to an interval (or CFG / autoguidance)."""

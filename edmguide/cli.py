@@ -22,6 +22,13 @@ def parse_guidance_options(interval_text, sigma_text):
     return interval, sigma_range
 
 
+def verbose_option(help_text):
+    """--verbose as a bare flag or with a value: upstream GI declares it `type=bool`, so its command
+    lines write `--verbose=True` or `--verbose True`; `--verbose` alone means True."""
+    return click.option('--verbose', help=help_text, type=bool, is_flag=False, flag_value=True, default=False,
+                        metavar='[BOOL]')
+
+
 def sampler_options(func):
     """The EDM sampler's options, as in upstream EDM2's generate_images.py."""
     options = [

@@ -92,13 +92,16 @@ def pick_device(requested=None, *, note=True):
     return torch.device('cpu')
 
 
-def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', device=None, **sampler_kwargs):
+def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', device=None, note=True,
+                   **sampler_kwargs):
     """w(σ) from user-level options: a weight, plus step indices [start, stop] or a σ range (lo, hi].
 
     Step indices are turned into the σ range of the schedule that the sampler will actually use:
     the same function, options (`sampler_kwargs`, the sampler's options; those of the schedule
     matter) and `device` (GPU and CPU may round the schedule differently), and in 'gi' mode clamped
     and rounded by the net, so both forms give identical images. No weight, or weight 1, means no guidance.
+    A σ range whose bounds look like the paper's two-decimal roundings of schedule levels, but which
+    selects other steps than those levels would (e.g. (0.28, 2.90]), gets a note on rank 0 if `note`.
     """
     unknown = sorted(set(sampler_kwargs) - set(sampling.SAMPLER_KEYS))
     if unknown:
@@ -107,10 +110,19 @@ def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='e
         raise UserError('give the guidance interval either as step indices or as a sigma range, not both')
     if weight is None or weight == 1:
         return GuidanceSchedule.none()
+    if interval is None and sigma_range is None:
+        return GuidanceSchedule.constant(weight)
+    schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
+    sigmas = sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
     if interval is not None:
-        schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
-        sigmas = sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
         return GuidanceSchedule.step_indices(weight, interval[0], interval[1], sigmas)
-    if sigma_range is not None:
-        return GuidanceSchedule.sigma_range(weight, sigma_range[0], sigma_range[1])
-    return GuidanceSchedule.constant(weight)
+    schedule = GuidanceSchedule.sigma_range(weight, sigma_range[0], sigma_range[1])
+    intended = schedule.rounded_bounds_hint(sigmas)
+    if note and intended:
+        literal = schedule.to_step_indices(sigmas)
+        guided = f'steps [{literal[0][0]}, {literal[0][1]}]' if literal else 'no step'
+        start, stop, _ = intended[0]
+        dist.print0(f'note: the noise range ({sigma_range[0]:g}, {sigma_range[1]:g}] guides {guided} of this '
+                    f'{len(sigmas) - 1}-step schedule; if it is a range rounded as the paper prints them, '
+                    f'the steps meant are --guidance_interval="[{start}, {stop}]"')
+    return schedule

@@ -127,6 +127,22 @@ class GuidanceSchedule:
         the settings a resumable run is checked against; str() rounds to 6 digits for people."""
         return [[v if math.isfinite(v) else 'inf' for v in seg] for seg in self.segments]
 
+    def rounded_bounds_hint(self, sigmas):
+        """Steps the schedule would guide if its bounds were the paper's two-decimal roundings of
+        levels of `sigmas`, when that differs from what the bounds select as written; else None.
+
+        (0.28, 2.90] is how the paper prints steps [15, 21] = (0.28304, 2.9015], but taken literally
+        it guides steps [16, 22]. Bounds that are not such roundings never give a hint.
+        """
+        snapped = self.snapped(sigmas)
+        def looks_rounded(bound, level):
+            return bound == level or (math.isfinite(bound) and bound > 0 and round(level, 2) == round(bound, 2))
+        if any(not (looks_rounded(lo, s_lo) and looks_rounded(hi, s_hi))
+               for (lo, hi, _), (s_lo, s_hi, _) in zip(self.segments, snapped.segments)):
+            return None
+        literal, intended = self.to_step_indices(sigmas), snapped.to_step_indices(sigmas)
+        return intended if intended != literal else None
+
     def __str__(self):
         if not self.is_active:
             return 'no guidance'

@@ -49,6 +49,18 @@ def test_sigma_range_and_step_indices_give_identical_pngs(tiny_pickles, tmp_path
     assert _png_bytes(tmp_path / 'idx') != _png_bytes(tmp_path / 'cfg')
 
 
+def test_paper_rounded_sigma_range_gets_a_note_naming_the_intended_steps(tiny_pickles, tmp_path):
+    common = ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'], '--guidance', '2', '--seeds', '0',
+              '--steps', '32', '--device', 'cpu', '--verbose=True']
+    result = invoke(generate_images.main, common + ['--outdir', tmp_path / 'a', '--guidance_sigma', '(0.28, 2.90]'])
+    assert result.exit_code == 0, result.output
+    assert ('note: the noise range (0.28, 2.9] guides steps [16, 22] of this 32-step schedule; if it is a range '
+            'rounded as the paper prints them, the steps meant are --guidance_interval="[15, 21]"') in result.stdout
+    assert 'gnet 14' in result.stdout  # taken literally: 7 steps, 2 guide evaluations each
+    result = invoke(generate_images.main, common + ['--outdir', tmp_path / 'b', '--guidance_sigma', '(0.19, 1.61]'])
+    assert result.exit_code == 0 and 'note:' not in result.stdout, result.output
+
+
 @pytest.mark.parametrize('name', list(figures.FIGURES))
 def test_every_figure_renders_with_expected_names_and_grid_sizes(tiny_pickles, tmp_path, name):
     fig = figures.FIGURES[name]

@@ -180,3 +180,17 @@ def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(t
     with pytest.raises(UserError, match=r'other settings \(guidance\)'):
         gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9000001),
                         **kwargs)
+
+
+def test_upstream_verbose_true_syntax_and_start_message(tiny_pickles, tmp_path):
+    """Upstream GI declares --verbose as a bool option; its command lines write --verbose=True."""
+    args = ['--cond_pkl', tiny_pickles['cond'], '--num_images', 1, '--guidance_scale', 1, '--steps', 4,
+            '--device', 'cpu']
+    for k, flag in enumerate((['--verbose=True'], ['--verbose', 'True'], ['--verbose'], ['--verbose=False'])):
+        result = run_script('generate_zip.py', args + ['--zip_dir', tmp_path / str(k)] + flag)
+        assert result.returncode == 0, (flag, result.stderr)
+        assert ('Timing (s):' in result.stdout) == (flag != ['--verbose=False']), (flag, result.stdout)
+    zip_path = tmp_path / '3' / 'tiny-cond-s0-nimg1-g1.00-gi.zip'
+    assert result.stdout.splitlines()[0] == f'Generating 1 images and saving them to "{zip_path}..."'
+    bad = run_script('generate_zip.py', args + ['--zip_dir', tmp_path, '--verbose=maybe'])
+    assert bad.returncode == 2 and "Invalid value for '--verbose'" in bad.stderr  # click's usage error

@@ -184,3 +184,16 @@ def test_schedule_data_is_exact_and_json_safe_where_its_text_is_rounded():
     assert json.loads(json.dumps(b.as_data(), allow_nan=False)) == b.as_data()
     assert GuidanceSchedule.constant(1.5).as_data() == [[0.0, 'inf', 1.5]]
     assert GuidanceSchedule.none().as_data() == []
+
+
+def test_paper_rounded_bounds_get_a_hint_only_when_they_select_other_steps():
+    # Literal (0.28, 2.90]: t_15 = 2.9015 > 2.90 drops step 15, t_22 = 0.28304 > 0.28 adds step 22.
+    paper = GuidanceSchedule.sigma_range(2.1, 0.28, 2.90)
+    assert paper.to_step_indices(T32) == ((16, 22, 2.1),)
+    assert paper.rounded_bounds_hint(T32) == ((15, 21, 2.1),)
+    # Roundings that select the intended steps anyway, exact levels, and arbitrary bounds: no hint.
+    assert GuidanceSchedule.sigma_range(2.0, 0.19, 1.61).rounded_bounds_hint(T32) is None
+    assert GuidanceSchedule.sigma_range(2.0, 0.60, 5.00).rounded_bounds_hint(T32) is None
+    assert GuidanceSchedule.step_indices(2.0, 15, 21, T32).rounded_bounds_hint(T32) is None
+    assert GuidanceSchedule.sigma_range(2.0, 0.5, 3.3).rounded_bounds_hint(T32) is None
+    assert GuidanceSchedule.constant(2.0).rounded_bounds_hint(T32) is None
