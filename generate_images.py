@@ -81,6 +81,23 @@ def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))
     return path
 
 
+FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device')
+DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose')
+
+
+def _options_given(ctx):
+    """{parameter name: option spelling} of the options written on the command line."""
+    return {p.name: p.opts[0] for p in ctx.command.params
+            if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
+
+
+def _refuse_unused(given, used, mode):
+    """One-line error for options the chosen mode would silently ignore."""
+    unused = [spelling for name, spelling in given.items() if name not in used]
+    if unused:
+        raise UserError(f'{mode}; {", ".join(unused)} would be ignored there')
+
+
 @click.command(epilog=cli.PICKLE_NOTE)
 @click.option('--preset', help='Configuration preset (see README), e.g. edm2-img512-s-guid-fid or demo', metavar='STR')
 @click.option('--net', help='Network pickle filename or URL', metavar='PATH|URL')
@@ -106,13 +123,16 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
          cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, **opts):
     """Generate images using the given model(s)."""
     del seed
+    given = _options_given(click.get_current_context())
 
     def work():
         if cond_pkl or uncond_pkl or figs:
+            _refuse_unused(given, FIGURE_MODE_OPTIONS, "figure mode renders the paper's figures with their own settings")
             if not (cond_pkl and uncond_pkl):
                 raise UserError('figure mode needs both --cond_pkl and --uncond_pkl')
             return generate_figures(cond_pkl, uncond_pkl, figs or 'all', results_dir, device=device, verbose=verbose)
-        if preset == 'demo' or (preset is None and net is None):
+        if preset == 'demo' or (preset is None and net is None and not set(given) - set(DEMO_OPTIONS)):
+            _refuse_unused(given, DEMO_OPTIONS, '--preset=demo renders the fixed comparison grid of the embedded demo')
             return generate_demo(outdir or 'out/demo', device=device)
         interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))

@@ -93,6 +93,28 @@ def test_sweep_figure_has_red_boxes_and_zoomed_insets(tiny_pickles, tmp_path):
     assert not np.array_equal(grid[:16, :16], grid[:16, 32:48])  # G = 1 vs G = 5 differ
 
 
+@pytest.mark.parametrize('args, fragment', [
+    (['--figs', 'fig5', '--numerics', 'edm2', '--steps', '8'], "figure mode renders the paper's figures with their "
+                                                               "own settings; --numerics, --steps would be ignored"),
+    (['--figs', 'fig5', '--guidance_sigma', '(0.1, 1]', '--net', 'x.pkl'], '--net, --guidance_sigma would be ignored'),
+    (['--preset', 'demo', '--net', 'x.pkl', '--seeds', '0-3'], '--preset=demo renders the fixed comparison grid '
+                                                               'of the embedded demo; --net, --seeds would be ignored'),
+])
+def test_options_a_mode_would_ignore_are_one_line_errors(tiny_pickles, tmp_path, args, fragment):
+    if '--figs' in args:
+        args = ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond']] + args
+    result = run_script('generate_images.py', args + ['--results_dir', tmp_path] * ('--figs' in args) +
+                        ['--outdir', tmp_path] * ('--preset' in args))
+    assert_one_line_error(result, fragment)
+    assert not list(tmp_path.rglob('*.png'))
+
+
+def test_seed_mode_options_without_a_network_ask_for_one_instead_of_running_the_demo(tmp_path):
+    result = run_script('generate_images.py', ['--guidance', '2', '--outdir', tmp_path])
+    assert result.returncode == 2 and 'Please specify either --preset or --net' in result.stderr
+    assert not list(tmp_path.rglob('*.png'))
+
+
 def test_unknown_figure_and_missing_file_are_one_line_errors(tiny_pickles, tmp_path):
     result = run_script('generate_images.py', ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'],
                                                '--figs', 'fig99', '--results_dir', tmp_path])
