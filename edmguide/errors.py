@@ -3,7 +3,8 @@
 Library code raises `UserError` for problems with the user's input (a missing file, a pickle
 without a network, a malformed interval, ...). Command-line entry points run their work through
 `run_cli`, which turns such an error into a single `error: ...` line on stderr and exit status 1,
-so that no traceback is shown for mistakes the user can fix.
+so that no traceback is shown for mistakes the user can fix; so does an `OSError` (an output folder
+under a file, no permission, a full disk), whose message names the path.
 """
 
 import sys
@@ -18,6 +19,9 @@ def run_cli(func, *args, **kwargs):
     try:
         return func(*args, **kwargs)
     except UserError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # the file system refused (not a directory, permission, disk full): the user's to fix
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -127,10 +127,27 @@ def load_networks(net_path, gnet_path, device, *, encoder_batch_size=None, verbo
     if encoder is None:
         raise UserError(f'{os.fspath(net_path)}: network has no image encoder/decoder to produce images with')
     gnet = load_network(gnet_path, device, want_encoder=False)[0] if gnet_path else None
+    if gnet is not None:
+        check_guide_matches(net, gnet, gnet_path)
     init_encoder(encoder, device, batch_size=encoder_batch_size)
     if dist.get_rank() == 0:
         dist.barrier()
     return net, encoder, gnet
+
+def check_guide_matches(net, gnet, gnet_path):
+    """The guiding net must denoise the same images as the main net: refuse, before any sampling,
+    one whose resolution or channels differ, or a module that is no image denoiser at all (e.g. a
+    feature network), instead of failing at its first call."""
+    name = os.fspath(gnet_path)
+    for attr in ('img_resolution', 'img_channels'):
+        if not hasattr(net, attr):
+            continue
+        if not hasattr(gnet, attr):
+            raise UserError(f'{name}: not a denoiser network like the main one (it has no {attr})')
+        if getattr(gnet, attr) != getattr(net, attr):
+            raise UserError(f'{name}: guiding net has {attr} {getattr(gnet, attr)}, '
+                            f'the main net {getattr(net, attr)}')
+
 
 def init_encoder(encoder, device, *, batch_size=None):
     """Run `encoder.init(device)`, turning a VAE that cannot be loaded into a `UserError`."""

@@ -48,16 +48,24 @@ def _finished_parts(parts_dir):
     return done
 
 
-def _check_parts_settings(parts_dir, settings):
-    """Refuse an existing work folder that was made with other settings (read-only)."""
+def _read_settings(parts_dir):
+    """The settings a work folder was made with, or None if it has none yet."""
     settings_path = os.path.join(parts_dir, 'settings.json')
-    if os.path.isfile(settings_path):
-        with open(settings_path) as f:
-            previous = json.load(f)
-        if previous != settings:
-            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-            raise UserError(f'{parts_dir} holds an unfinished run with other settings ({", ".join(changed)}); '
-                            f'rerun with the same settings or delete that folder')
+    if not os.path.isfile(settings_path):
+        return None
+    with open(settings_path) as f:
+        return json.load(f)
+
+
+def _check_parts_settings(parts_dir, settings):
+    """Refuse an existing work folder that holds images made with other settings (read-only). A
+    folder without finished images (a run that failed before its first batch, e.g. on a wrong
+    guiding net) has nothing to mix up and is taken over with the new settings."""
+    previous = _read_settings(parts_dir)
+    if previous is not None and previous != settings and _finished_parts(parts_dir):
+        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+        raise UserError(f'{parts_dir} holds an unfinished run with other settings ({", ".join(changed)}); '
+                        f'rerun with the same settings or delete that folder')
 
 
 def _prepare_parts_dir(parts_dir, settings):
@@ -67,7 +75,7 @@ def _prepare_parts_dir(parts_dir, settings):
     for name in os.listdir(parts_dir):  # temp files of writes that were cut off
         if name.startswith('.tmp-'):
             os.remove(os.path.join(parts_dir, name))
-    if not os.path.isfile(settings_path):
+    if _read_settings(parts_dir) != settings:  # new folder, or one without images taken over
         imagelib.atomic_write(settings_path, json.dumps(settings, indent=1, sort_keys=True).encode())
 
 

@@ -125,8 +125,14 @@ def test_cfg_naming_and_changed_settings_refused(tiny_pickles, tmp_path):
     parts = tmp_path / 'tiny-cond-s0-nimg3-g1.20-cfg.zip.parts'
     parts.mkdir()
     (parts / 'settings.json').write_text('{"net": "something else"}')
+    (parts / '000000.png').write_bytes(b'an image of that other run')
     result = run_script('generate_zip.py', args[:7] + [3] + args[8:])
     assert_one_line_error(result, 'other settings')
+    # Without finished images the folder is taken over: nothing could be mixed up.
+    (parts / '000000.png').unlink()
+    result = run_script('generate_zip.py', args[:7] + [3] + args[8:])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / 'tiny-cond-s0-nimg3-g1.20-cfg.zip').is_file() and not parts.exists()
 
 
 def test_bad_interval_is_a_one_line_error(tiny_pickles, tmp_path):
@@ -147,6 +153,7 @@ def test_resuming_with_another_batch_size_is_refused(tiny_pickles, tmp_path):
     parts = tmp_path / (zip_path.name + '.parts')
     parts.mkdir()
     (parts / 'settings.json').write_text(_settings_of(zip_path))  # as if that run had stopped early
+    (parts / '000000.png').write_bytes(dict(_zip_entries(zip_path))['000000.png'])
     zip_path.unlink()
     result = run_script('generate_zip.py', args + ['--batch_size', 3])
     assert_one_line_error(result, 'batch_size')
@@ -176,6 +183,7 @@ def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(t
     parts = tmp_path / (os.path.basename(zip_path) + '.parts')
     parts.mkdir()
     (parts / 'settings.json').write_text(_settings_of(zip_path))  # as if that run had stopped early
+    (parts / '000000.png').write_bytes(dict(_zip_entries(zip_path))['000000.png'])
     os.unlink(zip_path)
     with pytest.raises(UserError, match=r'other settings \(guidance\)'):
         gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9000001),
@@ -194,3 +202,20 @@ def test_upstream_verbose_true_syntax_and_start_message(tiny_pickles, tmp_path):
     assert result.stdout.splitlines()[0] == f'Generating 1 images and saving them to "{zip_path}..."'
     bad = run_script('generate_zip.py', args + ['--zip_dir', tmp_path, '--verbose=maybe'])
     assert bad.returncode == 2 and "Invalid value for '--verbose'" in bad.stderr  # click's usage error
+
+
+def test_a_guide_of_another_kind_or_an_output_under_a_file_is_a_one_line_error(tiny_pickles, tmp_path):
+    from conftest import make_tiny_net, save_network_pickle
+    from edmguide import presets
+    wider = save_network_pickle(tmp_path / 'tiny-32px.pkl', make_tiny_net(0, 4, resolution=32))
+    base = ['--cond_pkl', tiny_pickles['cond'], '--num_images', 2, '--steps', 4, '--device', 'cpu',
+            '--guidance_interval', 'None']
+    for guide, fragment in [(wider, 'guiding net has img_resolution 32, the main net 16'),
+                            (os.path.join(ROOT, presets.DEMO_FILES.features), 'not a denoiser network like the main one')]:
+        result = run_script('generate_zip.py', base + ['--uncond_pkl', guide, '--zip_dir', tmp_path / 'out'])
+        assert_one_line_error(result, fragment)
+        assert not (tmp_path / 'out').exists()  # refused before any work folder is made
+    (tmp_path / 'a-file').write_text('')
+    result = run_script('generate_zip.py', base + ['--uncond_pkl', tiny_pickles['uncond'],
+                                                   '--zip_dir', tmp_path / 'a-file' / 'out'])
+    assert_one_line_error(result, 'Not a directory', 'a-file')
