@@ -10,6 +10,7 @@ Command lines of upstream guidance-interval work unchanged, e.g.
 import os
 
 import click
+import torch
 
 from edmguide import cli, loading
 from edmguide.errors import UserError, run_cli
@@ -17,6 +18,13 @@ from edmguide.generation import build_guidance, pick_device
 from edmguide.guidance import method_tag
 from edmguide.zipdump import dump_zip, zip_file_name
 from torch_utils import distributed as dist
+
+
+def _json_value(value):
+    """A sampler option as it is recorded in the settings (JSON): infinity and dtypes as strings."""
+    if value == float('inf'):
+        return 'inf'
+    return str(value) if isinstance(value, torch.dtype) else value
 
 
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
@@ -39,7 +47,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     method = method_tag(guidance_interval if guidance_interval is not None else guidance_sigma)
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
     settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
-                    numerics=numerics, **{k: (v if v != float('inf') else 'inf') for k, v in sampler_kwargs.items()})
+                    numerics=numerics, **{k: _json_value(v) for k, v in sampler_kwargs.items()})
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
                      guidance=guidance, batch_size=batch_size, device=device, mode=numerics, verbose=verbose,

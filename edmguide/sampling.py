@@ -24,7 +24,9 @@ from edmguide.guidance import GuidanceSchedule
 
 MODES = ('edm2', 'gi')
 _MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
-SCHEDULE_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho')  # the options that shape the noise schedule
+# The options that shape the noise schedule (dtype too: float32 and float64 levels differ, so a step
+# interval must be converted on the schedule of the dtype the sampler runs in).
+SCHEDULE_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'dtype')
 SAMPLER_KEYS = SCHEDULE_KEYS + ('S_churn', 'S_min', 'S_max', 'S_noise')  # every option of the sampler loop
 
 #----------------------------------------------------------------------------

@@ -138,3 +138,12 @@ def test_unknown_device_is_a_one_line_error(tmp_path):
     result = run_script('generate_images.py', ['--preset=demo', '--outdir', tmp_path, '--device', 'bogus'])
     assert_one_line_error(result, '--device', 'bogus')
     assert not list(tmp_path.iterdir())
+
+
+def test_library_call_forwards_the_sampler_dtype_as_upstream(tiny_pickles, tmp_path):
+    """Upstream's generate_images forwards unknown keyword arguments to the sampler (e.g. dtype)."""
+    import torch
+    paths = generate_images.generate_seed_images(tiny_pickles['cond'], str(tmp_path), gnet=tiny_pickles['uncond'],
+                                                 guidance=2.0, guidance_interval=(1, 2), seeds=[0], num_steps=4,
+                                                 dtype=torch.float64, device='cpu')
+    assert paths == [str(tmp_path / '000000.png')] and os.path.isfile(paths[0])

@@ -197,3 +197,21 @@ def test_paper_rounded_bounds_get_a_hint_only_when_they_select_other_steps():
     assert GuidanceSchedule.step_indices(2.0, 15, 21, T32).rounded_bounds_hint(T32) is None
     assert GuidanceSchedule.sigma_range(2.0, 0.5, 3.3).rounded_bounds_hint(T32) is None
     assert GuidanceSchedule.constant(2.0).rounded_bounds_hint(T32) is None
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_step_interval_is_converted_on_the_schedule_of_the_sampling_dtype(dtype):
+    """edm2 numerics in float64 (upstream's `dtype` sampler option): the bounds come from the float64
+    levels, so steps [start, stop] are exactly the guided ones for every interval."""
+    from edmguide.generation import build_guidance
+    net = ToyNet(0)
+    levels = T32 if dtype == torch.float32 else T64
+    assert not torch.equal(T32.double(), T64)  # the two schedules do differ
+    for start, stop in [(17, 22), (15, 21), (13, 19), (0, 30), (4, 4)]:
+        guidance = build_guidance(2.0, interval=(start, stop), net=net, mode='edm2', dtype=dtype)
+        assert guidance.segments == ((float(levels[stop + 1]), float(levels[start]), 2.0),)
+        counter = EvalCounter()
+        sample(net, torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), gnet=ToyNet(1),
+               guidance=guidance, mode='edm2', dtype=dtype, counter=counter)
+        guided = stop - start + 1
+        assert counter.gnet == 2 * guided - (stop == 31), (start, stop)
