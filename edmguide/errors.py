@@ -18,10 +18,7 @@ def run_cli(func, *args, **kwargs):
     """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 quietly."""
     try:
         return func(*args, **kwargs)
-    except UserError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        sys.exit(1)
-    except OSError as exc:  # the file system refused (not a directory, permission, disk full): the user's to fix
+    except (UserError, OSError) as exc:  # OSError: the file system refused (not a directory, permission, disk full)
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import PIL.Image
+import pytest
 
 from cli_helpers import ROOT, assert_one_line_error, run_script, script_env
 
@@ -173,7 +174,6 @@ def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
 
 def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(tiny_pickles, tmp_path):
     """The settings record the schedule exactly: str() of the two ranges is the same, the images are not."""
-    import pytest
     import generate_zip as gz
     from edmguide.errors import UserError
     kwargs = dict(zip_dir=str(tmp_path), num_images=2, batch_size=2, guidance_scale=2.0, guidance_interval=None,
