@@ -106,6 +106,31 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
 # ----------------------------------------------------------------------------
 # Demo comparison grid.
 
+def comparison_tiles(methods, net, encoder, column_classes, column_seeds, *, device='cpu', mode='edm2'):
+    """Rows of HWC uint8 tiles: one row per method (label, guiding net, GuidanceSchedule), one tile per
+    column (class, seed). Every row uses the same seeds, so the rows differ only by guidance."""
+    rows = []
+    for _label, gnet, guidance in methods:
+        tiles = []
+        for batch in generate_batches(net, encoder, column_seeds, gnet=gnet, guidance=guidance, class_idx=column_classes,
+                                      max_batch_size=len(column_seeds), device=device, rank=0, world_size=1, mode=mode,
+                                      sync=False):
+            tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
+        rows.append(tiles)
+    return rows
+
+
+def layout_comparison(rows, labels, *, scale=4):
+    """The labelled grid of `comparison_tiles` rows: each row a strip with its caption above it."""
+    row_images = []
+    for tiles, label in zip(rows, labels):
+        strip = imagelib.tile_grid(tiles, 1, len(tiles))
+        if scale > 1:
+            strip = np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)
+        row_images.append(imagelib.add_label(strip, label, height=14))
+    return np.concatenate(row_images, axis=0)
+
+
 def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device='cpu', scale=4, mode='edm2'):
     """Labelled grid: one row per method (label, guiding net, GuidanceSchedule), one column per (class, seed).
 
@@ -113,17 +138,7 @@ def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device=
     """
     column_seeds = [s for _ in classes for s in seeds]
     column_classes = [c for c in classes for _ in seeds]
-    row_images = []
-    for label, gnet, guidance in methods:
-        tiles = []
-        for batch in generate_batches(net, encoder, column_seeds, gnet=gnet, guidance=guidance, class_idx=column_classes,
-                                      max_batch_size=len(column_seeds), device=device, rank=0, world_size=1, mode=mode,
-                                      sync=False):
-            tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
-        strip = imagelib.tile_grid(tiles, 1, len(tiles))
-        if scale > 1:
-            strip = np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)
-        row_images.append(imagelib.add_label(strip, label, height=14))
-    grid = np.concatenate(row_images, axis=0)
+    rows = comparison_tiles(methods, net, encoder, column_classes, column_seeds, device=device, mode=mode)
+    grid = layout_comparison(rows, [label for label, _gnet, _guidance in methods], scale=scale)
     imagelib.save_png(outpath, grid)
     return grid
