@@ -53,9 +53,12 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @device_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
-    value, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
-                          results_dir=results_dir, batch_size=batch_size, device=device)
-    print(f'{detectors.metric_label(metric)} = {value:.2f}')
+    def job():
+        dist.init()  # under torchrun the ranks share the images; rank 0 prints and appends once
+        return pipeline.gi_calculate_metric(
+            gen_zip, ref_path, metric=metric, results_dir=results_dir, batch_size=batch_size, device=device,
+            report=lambda value: print(f'{detectors.metric_label(metric)} = {value:.2f}', flush=True))
+    run_cli(job)
 
 #----------------------------------------------------------------------------
 # EDM2 form.

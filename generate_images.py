@@ -17,6 +17,8 @@ import tqdm
 from edmguide import cli, figures, images as imagelib, loading, presets
 from edmguide.errors import UserError, run_cli
 from edmguide.generation import build_guidance, generate_batches, pick_device
+from edmguide.outputs import check_output_dir
+from edmguide.sampling import check_sampler_kwargs
 from edmguide.seeds import parse_seed_list
 from torch_utils import distributed as dist
 
@@ -24,7 +26,9 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_inte
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
                          subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
     """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+    check_sampler_kwargs(sampler_kwargs)
     device = pick_device(device)
+    check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
     gnet = gnet if (guidance is not None and guidance != 1) else None
@@ -52,6 +56,7 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
     """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
     names = figures.parse_figure_names(figs)
     device = pick_device(device)
+    check_output_dir(results_dir, '--results_dir')
     net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl, device, encoder_batch_size=8, verbose=verbose)
     if not getattr(net, 'label_dim', 0):
         raise UserError(f'{cond_pkl}: the figures need a class-conditional network (label_dim is 0)')
@@ -66,6 +71,7 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
 def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))):
     """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
     device = pick_device(device or 'cpu')
+    check_output_dir(outdir, '--outdir')  # before 30 s of rendering
     files = presets.DEMO_FILES
     net, encoder = loading.load_network(files.cond, device)
     guides = dict(uncond=loading.load_network(files.uncond, device, want_encoder=False)[0],

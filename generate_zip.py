@@ -16,6 +16,8 @@ from edmguide import cli, loading
 from edmguide.errors import UserError, run_cli
 from edmguide.generation import build_guidance, pick_device
 from edmguide.guidance import method_tag
+from edmguide.outputs import check_output_dir
+from edmguide.sampling import check_sampler_kwargs
 from edmguide.zipdump import dump_zip, zip_file_name
 from torch_utils import distributed as dist
 
@@ -29,14 +31,21 @@ def _json_value(value):
 
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
                  batch_size_decoder=8, guidance_scale=2.0, guidance_interval=(17, 22), guidance_sigma=None,
-                 seed=0, numerics='gi', device=None, verbose=False, progress=True, **sampler_kwargs):
+                 seed=0, numerics='gi', device=None, verbose=False, progress=True, overwrite=False,
+                 **sampler_kwargs):
     """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`.
 
+    A finished zip of the same name made with other settings is replaced only with `overwrite`
+    (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise UserError(f'--seed={seed}: seeds are non-negative integers')
+    check_sampler_kwargs(sampler_kwargs)
     device = pick_device(device)
+    check_output_dir(zip_dir, '--zip_dir')  # before any network is loaded
     guided = guidance_scale != 1
     if guided and uncond_pkl is None:
         raise UserError('guidance needs a guiding network: give --uncond_pkl (or --gnet)')
@@ -51,7 +60,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
                      guidance=guidance, batch_size=batch_size, device=device, mode=numerics, verbose=verbose,
-                     progress=progress, **sampler_kwargs)
+                     progress=progress, overwrite=overwrite, **sampler_kwargs)
     if verbose and dist.get_rank() == 0 and 'timing' in stats:
         t = stats['timing']
         print('Timing (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in t.items()))
@@ -72,6 +81,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 @click.option('--seed', help='First seed', type=int, default=0, show_default=True)
 @click.option('--numerics', type=click.Choice(['gi', 'edm2']), default='gi', show_default=True, help=cli.NUMERICS_HELP)
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
+@click.option('--overwrite', help='Replace a finished zip (or discard a work folder) made with other settings', is_flag=True)
 @cli.verbose_option('Per-batch timing')
 @cli.sampler_options
 def main(guidance_interval, guidance_sigma, **kwargs):

@@ -3,10 +3,13 @@
 Only parsing and validation live here; the work is done by library functions.
 """
 
+import functools
+
 import click
 
 from edmguide.errors import UserError
 from edmguide.guidance import parse_interval, parse_sigma_range
+from edmguide.sampling import check_sampler_kwargs
 
 NUMERICS_HELP = ("which upstream sampler's arithmetic to reproduce: 'edm2' (float32, as NVlabs/edm2) or "
                  "'gi' (float64, sigma clamped/rounded by the net, as kynkaat/guidance-interval)")
@@ -30,9 +33,19 @@ def verbose_option(help_text):
 
 
 def sampler_options(func):
-    """The EDM sampler's options, as in upstream EDM2's generate_images.py."""
+    """The EDM sampler's options, as in upstream EDM2's generate_images.py, checked together (by
+    `sampling.check_sampler_options`, the sampler's own check) before the command runs."""
+
+    @functools.wraps(func)
+    def checked(*args, **kwargs):
+        try:
+            check_sampler_kwargs(kwargs)
+        except UserError as exc:
+            raise click.UsageError(str(exc)) from None
+        return func(*args, **kwargs)
+
     options = [
-        click.option('--steps', 'num_steps', help='Number of sampling steps', type=click.IntRange(min=1), default=32, show_default=True),
+        click.option('--steps', 'num_steps', help='Number of sampling steps', type=click.IntRange(min=2), default=32, show_default=True),
         click.option('--sigma_min', help='Lowest noise level', type=click.FloatRange(min=0, min_open=True), default=0.002, show_default=True),
         click.option('--sigma_max', help='Highest noise level', type=click.FloatRange(min=0, min_open=True), default=80, show_default=True),
         click.option('--rho', help='Time step exponent', type=click.FloatRange(min=0, min_open=True), default=7, show_default=True),
@@ -42,5 +55,5 @@ def sampler_options(func):
         click.option('--S_noise', 'S_noise', help='Stoch. noise inflation', type=float, default=1, show_default=True),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
+        checked = option(checked)
+    return checked

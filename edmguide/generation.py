@@ -38,7 +38,8 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
     sampler whose arithmetic is reproduced ('edm2' or 'gi') and how class labels are drawn (see
     `seeds.draw_noise_and_labels`).
     """
-    seeds = [int(s) for s in seeds]
+    seeds = seedlib.as_seed_sequence(seeds)  # ranges stay lazy: a billion seeds start at once
+    sampling.check_sampler_kwargs(sampler_kwargs)
     rank = dist.get_rank() if rank is None else rank
     world_size = dist.get_world_size() if world_size is None else world_size
     guidance = sampling.as_schedule(guidance)
@@ -49,7 +50,7 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
             if sync and world_size > 1:
                 dist.barrier()
             continue
-        batch_seeds = [seeds[i] for i in indices]
+        batch_seeds = [int(seeds[i]) for i in indices]
         t0 = time.perf_counter()
         rng = seedlib.StackedRandomGenerator(device, batch_seeds)
         batch_classes = class_idx if class_idx is None or np.ndim(class_idx) == 0 else [class_idx[i] for i in indices]
@@ -60,6 +61,7 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
                                       randn_like=rng.randn_like, counter=counter, **sampler_kwargs)
             _synchronize(device)
             t1 = time.perf_counter()
+            _check_finite(latents, batch_seeds)
             images = encoder.decode(latents)
             _synchronize(device)
         t2 = time.perf_counter()
@@ -69,6 +71,16 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
                               timing=dnnlib.EasyDict(sampling=t1 - t0, decoding=t2 - t1))
         if sync and world_size > 1:
             dist.barrier()
+
+
+def _check_finite(latents, batch_seeds):
+    """Refuse to turn non-finite sampler output into images (they would be black or garbage)."""
+    finite = torch.isfinite(latents.reshape(latents.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = [seed for seed, ok in zip(batch_seeds, finite.tolist()) if not ok]
+        raise UserError(f'the sampler produced non-finite values (NaN or infinity) for {len(bad)} of '
+                        f'{len(batch_seeds)} images (first seed {bad[0]}); check the sampler options '
+                        f'(--sigma_min, --sigma_max, --rho, --S_*) and the networks; nothing was written for them')
 
 
 def _synchronize(device):
@@ -82,14 +94,36 @@ def pick_device(requested=None, *, note=True):
     note unless `note` is False: metric scripts keep their stdout to the results)."""
     if requested:
         try:
-            return torch.device(requested)
+            device = torch.device(requested)
         except RuntimeError as exc:
             raise UserError(f'--device {requested!r}: {exc}') from None
+        check_device(device, requested)
+        return device
     if torch.cuda.is_available():
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
     if note:
         dist.print0('note: no CUDA device found, running on the CPU (slow for the real EDM2 networks)')
     return torch.device('cpu')
+
+
+def check_device(device, requested=None):
+    """One line, not a traceback at the first tensor, for a device this machine or torch build lacks."""
+    name = requested if requested is not None else str(device)
+    if device.type == 'cpu':
+        return
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UserError(f'--device {name!r}: CUDA is not available here (no GPU, no driver, or a torch '
+                            f'build without CUDA: torch {torch.__version__}); use --device=cpu')
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f'--device {name!r}: there is no such GPU ({torch.cuda.device_count()} '
+                            f'visible: cuda:0..cuda:{torch.cuda.device_count() - 1})')
+        return
+    try:
+        torch.empty(1, device=device)
+    except Exception as exc:  # mps without Metal, a backend torch was built without, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f'--device {name!r}: cannot use it ({first})') from None
 
 
 def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', device=None, note=True,

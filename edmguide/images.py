@@ -13,6 +13,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from edmguide.errors import with_path
+
 
 def to_hwc_uint8(image):
     """uint8 image -> numpy HWC uint8 array. The layout follows the type, never the shape (a 3x3x3
@@ -57,26 +59,32 @@ def temp_path_beside(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path):
+def atomic_output(path, *, make_dirs=True):
     """Yield a temp name beside `path` to write; on success rename it to `path`, else delete it.
 
     A crash or Ctrl-C leaves either the old file or the complete new one, never a partial file.
     The file gets the usual permissions (umask), unlike `tempfile.mkstemp`'s private 0600.
+    The folder is created unless `make_dirs` is False (then a vanished folder is an error). An
+    OSError that names no file (a full disk) is re-raised naming `path`.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+    if make_dirs:
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     tmp = temp_path_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        named = with_path(exc, path) if isinstance(exc, OSError) else exc
+        if named is not exc:
+            raise named from exc
         raise
 
 
-def atomic_write(path, data):
+def atomic_write(path, data, *, make_dirs=True):
     """Write bytes to `path` atomically (see `atomic_output`)."""
-    with atomic_output(path) as tmp, open(tmp, 'xb') as f:
+    with atomic_output(path, make_dirs=make_dirs) as tmp, open(tmp, 'xb') as f:
         f.write(data)
 
 

@@ -10,6 +10,7 @@ that holds no network) becomes a one-line `UserError` naming the file.
 import os
 import pickle
 import re
+import sys
 
 import torch
 
@@ -30,12 +31,36 @@ def _local_path(path_or_url):
         return dnnlib.util.open_url(path_or_url, return_filename=True)
     return None
 
-def load_pickle(path_or_url, *, cache=True, verbose=False):
-    """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`)."""
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_noted = set()  # files the code-execution note was printed for, in this process
+
+def _inside_repo(local):
+    return os.path.commonpath([os.path.realpath(local), os.path.realpath(REPO_ROOT)]) == os.path.realpath(REPO_ROOT)
+
+def _note_code_execution(name, local):
+    """Once per file and process (rank 0 under torchrun), a line on stderr that opening a pickle
+    from outside this repository runs code from it; the repository's own assets are exempt."""
+    from torch_utils import distributed as dist
+    key = os.path.realpath(local) if local is not None else name
+    if key in _noted or (local is not None and _inside_repo(local)):
+        return
+    _noted.add(key)
+    if dist.get_rank() == 0:
+        print(f'note: opening {name} runs Python code stored in it (pickles execute code); '
+              f'open only files you trust', file=sys.stderr, flush=True)
+
+def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
+    """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`).
+
+    Unless `note` is False (the program's own detector pickles), a file from outside this
+    repository gets the once-per-file note that opening it runs code from it.
+    """
     name = os.fspath(path_or_url)
     local = _local_path(name)
     if local is not None and not os.path.isfile(local):
         raise UserError(f'{name}: no such file')
+    if note:
+        _note_code_execution(name, local)
     try:
         f = dnnlib.util.open_url(name, cache=cache, verbose=verbose)
     except KeyboardInterrupt:

@@ -28,6 +28,54 @@ _MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
 # interval must be converted on the schedule of the dtype the sampler runs in).
 SCHEDULE_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'dtype')
 SAMPLER_KEYS = SCHEDULE_KEYS + ('S_churn', 'S_min', 'S_max', 'S_noise')  # every option of the sampler loop
+OPTION_KEYS = tuple(k for k in SAMPLER_KEYS if k != 'dtype')  # the numeric options `check_sampler_options` checks
+# Command-line spelling of each option, for messages.
+_OPTION_NAMES = dict(num_steps='--steps', sigma_min='--sigma_min', sigma_max='--sigma_max', rho='--rho',
+                     S_churn='--S_churn', S_min='--S_min', S_max='--S_max', S_noise='--S_noise')
+
+#----------------------------------------------------------------------------
+# Validating the options as a whole.
+
+def check_sampler_options(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0,
+                          S_max=float('inf'), S_noise=1, *, dtype=torch.float64):
+    """Refuse, with one line naming the option, every setting that would make the images
+    non-finite or meaningless; the command-line parser and the sampler both call this.
+
+    Each option alone must be in range (finite where infinity makes no sense), the combination
+    must make sense (sigma_min < sigma_max, S_min <= S_max), and the schedule they give in `dtype`
+    must be finite, positive and strictly decreasing (no overflow or underflow of sigma**(1/rho)).
+    """
+    def refuse(key, value, need):
+        raise UserError(f'{_OPTION_NAMES[key]}={value!r}: {need}')
+
+    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 2:
+        refuse('num_steps', num_steps, 'need an integer of at least 2 (the schedule needs two noise levels)')
+    for key, value in (('sigma_min', sigma_min), ('sigma_max', sigma_max), ('rho', rho)):
+        if not (math.isfinite(value) and value > 0):
+            refuse(key, value, 'need a finite number > 0')
+    if not sigma_min < sigma_max:
+        raise UserError(f'--sigma_min={sigma_min!r}, --sigma_max={sigma_max!r}: need sigma_min < sigma_max')
+    for key, value in (('S_churn', S_churn), ('S_min', S_min), ('S_noise', S_noise)):
+        if not (math.isfinite(value) and value >= 0):
+            refuse(key, value, 'need a finite number >= 0')
+    if math.isnan(S_max) or S_max < 0:
+        refuse('S_max', S_max, 'need a number >= 0 (inf for no upper limit)')
+    if not S_min <= S_max:
+        raise UserError(f'--S_min={S_min!r}, --S_max={S_max!r}: need S_min <= S_max')
+    noise_levels(int(num_steps), sigma_min, sigma_max, rho, dtype=dtype)  # checks the schedule itself
+
+
+def check_sampler_kwargs(kwargs):
+    """`check_sampler_options` on the sampler options among `kwargs` (other keys are ignored)."""
+    check_sampler_options(**{k: v for k, v in kwargs.items() if k in OPTION_KEYS})
+
+
+def check_schedule(t, dtype):
+    """The levels t_0 > ... > t_{N-1} > 0 must be finite and strictly decreasing in `dtype`."""
+    if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()) or not bool((t[1:] < t[:-1]).all()):
+        raise UserError(f'these --sigma_min, --sigma_max, --rho and --steps give no usable {str(dtype).split(".")[-1]} '
+                        f'noise schedule (levels {float(t[0]):g} .. {float(t[-1]):g} overflow, underflow to 0 or '
+                        f'repeat)')
 
 #----------------------------------------------------------------------------
 # Noise schedule.
@@ -45,6 +93,7 @@ def noise_levels(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=to
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     ramp = torch.arange(num_steps, dtype=dtype, device=device) / (num_steps - 1)
     t = (hi + ramp * (lo - hi)) ** rho
+    check_schedule(t, dtype)
     return _append_zero(t)
 
 
@@ -125,6 +174,7 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
     """
     _check_mode(mode)
     dtype = dtype or _MODE_DTYPE[mode]
+    check_sampler_options(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, dtype=dtype)
     out_dtype = out_dtype or (dtype if mode == 'edm2' else torch.float32)
     guidance = as_schedule(guidance)
     counter = counter if counter is not None else EvalCounter()

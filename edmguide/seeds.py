@@ -4,6 +4,9 @@ Every image gets its own generator, so its noise, class label and churn noise de
 its seed -- never on the batch size, its position in the batch or the number of processes.
 """
 
+import bisect
+import collections.abc
+import itertools
 import re
 
 import numpy as np
@@ -122,11 +125,76 @@ def gi_seeds(seeds, class_idx):
 #----------------------------------------------------------------------------
 # Seed lists and batching.
 
+class SeedList(collections.abc.Sequence):
+    """An immutable list of seeds stored as inclusive runs, never expanded: '0-999999999' costs
+    two numbers. Supports len, indexing, slicing (a SeedList again), iteration and comparison
+    with other sequences."""
+
+    def __init__(self, runs=()):
+        self._runs = []  # (first seed, length) per run
+        for run in runs:
+            if isinstance(run, range) and run.step == 1:
+                if len(run):
+                    self._runs.append((run.start, len(run)))
+            else:
+                self._runs.extend((int(s), 1) for s in run)
+        self._ends = list(itertools.accumulate(length for _, length in self._runs))
+
+    def __len__(self):
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return SeedList(range(first + k, first + k + length) for first, k, length in self._slice_runs(index))
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f'seed list indices must be integers or slices, not {type(index).__name__}')
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('seed list index out of range')
+        run = bisect.bisect_right(self._ends, index)
+        first, length = self._runs[run]
+        return first + index - (self._ends[run] - length)
+
+    def _slice_runs(self, index):
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            raise ValueError('seed lists support only contiguous slices')
+        for (first, length), end in zip(self._runs, self._ends):
+            begin = end - length
+            lo, hi = max(start, begin), min(stop, end)
+            if lo < hi:
+                yield first, lo - begin, hi - lo
+
+    def __iter__(self):
+        for first, length in self._runs:
+            yield from range(first, first + length)
+
+    def __eq__(self, other):
+        if not isinstance(other, collections.abc.Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    def __repr__(self):
+        return 'SeedList(' + ','.join(str(f) if n == 1 else f'{f}-{f + n - 1}' for f, n in self._runs) + ')'
+
+
+def as_seed_sequence(seeds):
+    """`seeds` as an indexable sequence of ints without expanding ranges (range, SeedList stay lazy)."""
+    if isinstance(seeds, SeedList):
+        return seeds
+    if isinstance(seeds, range) and seeds.step == 1:
+        return SeedList([seeds])
+    return [int(s) for s in seeds]
+
+
 def parse_seed_list(text):
-    """'0-7,12' -> [0, 1, ..., 7, 12]; ranges are inclusive. Lists/ranges pass through."""
+    """'0-7,12' -> the seeds 0, 1, ..., 7, 12 (a lazy SeedList); ranges are inclusive. Lists and
+    ranges pass through."""
     if not isinstance(text, str):
-        return [int(s) for s in text]
-    out = []
+        return as_seed_sequence(text)
+    runs = []
     for part in text.split(','):
         part = part.strip()
         m = re.fullmatch(r'(\d+)\s*-\s*(\d+)', part)
@@ -134,25 +202,48 @@ def parse_seed_list(text):
             lo, hi = int(m.group(1)), int(m.group(2))
             if lo > hi:
                 raise UserError(f'seed range {part!r} in {text!r} is empty (start > end)')
-            out.extend(range(lo, hi + 1))
+            runs.append(range(lo, hi + 1))
         elif re.fullmatch(r'\d+', part):
-            out.append(int(part))
+            runs.append(range(int(part), int(part) + 1))
         else:
             raise UserError(f'seed list {text!r} is not of the form "0-7,12" (bad item {part!r})')
-    return out
+    return SeedList(runs)
+
+
+class _EvenSplit(collections.abc.Sequence):
+    """Chunks k0, k0+step, ... of numpy.array_split(arange(n), parts), computed arithmetically
+    (each chunk a range), so that no index array of n entries is ever built."""
+
+    def __init__(self, num, parts, first, step):
+        self.num, self.parts, self.first, self.step = num, parts, first, step
+
+    def __len__(self):
+        return max(0, -(-(self.parts - self.first) // self.step))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError('batch index out of range')
+        k = self.first + index * self.step
+        small, extra = divmod(self.num, self.parts)  # the first `extra` chunks are one longer
+        start = k * small + min(k, extra)
+        return range(start, start + small + (1 if k < extra else 0))
 
 
 def rank_batches(num_seeds, max_batch_size=32, world_size=1, rank=0):
-    """Index arrays of the batches this rank generates, as upstream EDM2 splits the seeds.
+    """Index ranges of the batches this rank generates, as upstream EDM2 splits the seeds.
 
     num_batches = ceil(num_seeds / (B*W)) * W nearly equal chunks (numpy.array_split), rank r
     takes chunks r, r+W, ... Empty chunks are kept: callers skip them but still synchronise.
+    The chunks are computed on demand, so a billion seeds cost nothing up front.
     """
     if max_batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError('need max_batch_size >= 1, world_size >= 1 and 0 <= rank < world_size')
     num_batches = max((num_seeds - 1) // (max_batch_size * world_size) + 1, 1) * world_size
-    chunks = np.array_split(np.arange(num_seeds), num_batches)
-    return chunks[rank::world_size]
+    return _EvenSplit(num_seeds, num_batches, rank, world_size)
 
 def fixed_chunks(num_seeds, batch_size):
     """Consecutive chunks of `batch_size` seed indices (the last may be shorter), as upstream GI.

@@ -11,6 +11,7 @@ zip is byte-identical to an uninterrupted run's, whatever the number of processe
 """
 
 import concurrent.futures
+import io
 import json
 import os
 import re
@@ -18,10 +19,12 @@ import shutil
 import time
 import zipfile
 
+import PIL.Image
 import tqdm
 
 from edmguide import images as imagelib, seeds as seedlib
-from edmguide.errors import UserError
+from edmguide.errors import UserError, describe_os_error
+from edmguide.runlock import LOCK_NAME, RunLock
 from edmguide.generation import generate_batches
 from torch_utils import distributed as dist
 
@@ -48,46 +51,163 @@ def _finished_parts(parts_dir):
     return done
 
 
+_UNREADABLE = object()
+
+
 def _read_settings(parts_dir):
-    """The settings a work folder was made with, or None if it has none yet."""
+    """(settings, problem) of a work folder: (None, None) if it has none, (_UNREADABLE, reason)
+    if settings.json cannot be read as a JSON object."""
     settings_path = os.path.join(parts_dir, 'settings.json')
     if not os.path.isfile(settings_path):
+        return None, None
+    try:
+        with open(settings_path, encoding='utf-8') as f:
+            settings = json.load(f)
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return _UNREADABLE, f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'
+    if not isinstance(settings, dict):
+        return _UNREADABLE, f'holds a {type(settings).__name__}, not a JSON object'
+    return settings, None
+
+
+def _changed(old, new):
+    """The names of the settings that differ, comma-separated."""
+    return ', '.join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
+
+
+def _clear_parts_dir(parts_dir):
+    """Remove everything in the work folder except the lock (whose holder is this run)."""
+    for name in os.listdir(parts_dir):
+        if name == LOCK_NAME:
+            continue
+        path = os.path.join(parts_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _take_over_parts_dir(parts_dir, settings, overwrite):
+    """Make the (locked) work folder one of `settings`: resume it if it was made with them, take it
+    over if it holds no images (nothing to mix up) or `overwrite` is given, else refuse. Images
+    whose settings cannot be proven (settings.json missing or unreadable) never count."""
+    previous, problem = _read_settings(parts_dir)
+    if previous == settings:
+        return
+    images = _finished_parts(parts_dir)
+    if images and not overwrite:
+        advice = 'delete that folder or give --overwrite to start over'
+        if previous is None:
+            raise UserError(f'{parts_dir} holds {len(images)} images but no settings.json, so nothing proves '
+                            f'which settings made them; {advice}')
+        if previous is _UNREADABLE:
+            raise UserError(f'{os.path.join(parts_dir, "settings.json")}: cannot read it ({problem}), so '
+                            f'nothing proves which settings made the {len(images)} images there; {advice}')
+        raise UserError(f'{parts_dir} holds an unfinished run with other settings ({_changed(previous, settings)}); '
+                        f'rerun with the same settings, or {advice}')
+    _clear_parts_dir(parts_dir)
+    imagelib.atomic_write(os.path.join(parts_dir, 'settings.json'),
+                          json.dumps(settings, indent=1, sort_keys=True).encode(), make_dirs=False)
+
+
+def zip_settings(zip_path):
+    """The settings recorded in a zip written by `dump_zip` (its comment); None if the file is no
+    such zip (missing, not a zip, or no settings recorded)."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            recorded = json.loads(zf.comment.decode() or 'null')
+    except (zipfile.BadZipFile, ValueError, OSError):
         return None
-    with open(settings_path) as f:
-        return json.load(f)
-
-
-def _check_parts_settings(parts_dir, settings):
-    """Refuse an existing work folder that holds images made with other settings (read-only). A
-    folder without finished images (a run that failed before its first batch, e.g. on a wrong
-    guiding net) has nothing to mix up and is taken over with the new settings."""
-    previous = _read_settings(parts_dir)
-    if previous is not None and previous != settings and _finished_parts(parts_dir):
-        changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
-        raise UserError(f'{parts_dir} holds an unfinished run with other settings ({", ".join(changed)}); '
-                        f'rerun with the same settings or delete that folder')
-
-
-def _prepare_parts_dir(parts_dir, settings):
-    """Create the work folder (its settings already checked), clearing temp files of cut-off writes."""
-    settings_path = os.path.join(parts_dir, 'settings.json')
-    os.makedirs(parts_dir, exist_ok=True)
-    for name in os.listdir(parts_dir):  # temp files of writes that were cut off
-        if name.startswith('.tmp-'):
-            os.remove(os.path.join(parts_dir, name))
-    if _read_settings(parts_dir) != settings:  # new folder, or one without images taken over
-        imagelib.atomic_write(settings_path, json.dumps(settings, indent=1, sort_keys=True).encode())
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _zip_is_complete(zip_path, settings):
     """True if `zip_path` exists and was written by a finished run with these settings."""
-    if not os.path.isfile(zip_path):
-        return False
+    return os.path.isfile(zip_path) and zip_settings(zip_path) == settings
+
+
+def _check_replaceable(zip_path, settings, overwrite):
+    """Refuse to replace a finished zip of other (or unknown) settings unless `overwrite`."""
+    if overwrite or not os.path.lexists(zip_path):
+        return
+    recorded = zip_settings(zip_path)
+    if recorded is None:
+        raise UserError(f'{zip_path} exists and records no settings of this program (another program\'s zip, '
+                        f'or not a zip); give --overwrite to replace it, or choose another --zip_dir')
+    raise UserError(f'{zip_path} is a finished zip made with other settings ({_changed(recorded, settings)}); '
+                    f'give --overwrite to replace it, or choose another --zip_dir')
+
+
+def _remove_stale_temp_zips(zip_path):
+    """Temp zips of assemblies that were cut off (kill -9); only called under the work folder's lock."""
+    folder, name = os.path.split(os.path.abspath(zip_path))
+    pattern = re.compile(r'^\.tmp-[0-9a-f]{32}-' + re.escape(name) + '$')
+    for entry in os.listdir(folder):
+        if pattern.match(entry):
+            os.remove(os.path.join(folder, entry))
+
+
+def _claim_work(zip_path, parts_dir, settings, lock, overwrite):
+    """Rank 0: 'complete' if the zip is done, else 'work' with the work folder locked and ready.
+
+    Cleans up what a killed run left: temp zips of a cut-off assembly, the work folder of a run
+    killed between the rename and its removal, temp files of cut-off image writes."""
+    if _zip_is_complete(zip_path, settings) and not os.path.lexists(parts_dir):
+        return 'complete'
+    if not _zip_is_complete(zip_path, settings):
+        _check_replaceable(zip_path, settings, overwrite)
+    os.makedirs(parts_dir, exist_ok=True)
+    lock.acquire()
+    _remove_stale_temp_zips(zip_path)
+    if _zip_is_complete(zip_path, settings):  # checked again under the lock: the zip is done
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        lock.release()
+        return 'complete'
+    for name in os.listdir(parts_dir):  # temp files of image writes that were cut off
+        if name.startswith('.tmp-'):
+            os.remove(os.path.join(parts_dir, name))
+    _take_over_parts_dir(parts_dir, settings, overwrite)
+    return 'work'
+
+
+_PNG_END = b'\x00\x00\x00\x00IEND\xaeB`\x82'  # the empty IEND chunk that closes every PNG
+
+
+def image_format(encoder, net, device):
+    """(size, PIL mode) of the images this encoder makes from this net's latents (one dummy decode)."""
+    import torch
+    latent = torch.zeros([1, net.img_channels, net.img_resolution, net.img_resolution], device=device)
+    with torch.no_grad():
+        image = imagelib.to_pil(encoder.decode(latent)[0].cpu())
+    return image.size, image.mode
+
+
+def part_is_valid(path, size, mode):
+    """True if `path` is a complete PNG that decodes to an image of `size` and PIL `mode`."""
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            return json.loads(zf.comment.decode() or 'null') == settings
-    except (zipfile.BadZipFile, ValueError, OSError):
+        with open(path, 'rb') as f:
+            data = f.read()
+        if not data.endswith(_PNG_END):
+            return False
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            if image.format != 'PNG' or image.size != tuple(size) or image.mode != mode:
+                return False
+            image.load()
+        return True
+    except Exception:  # any decoding failure (PIL raises several kinds) means "not a finished image"
         return False
+
+
+def _discard_bad_parts(parts_dir, done, size, mode, rank, world_size, threads=4):
+    """Check this rank's share of the finished parts; delete the bad ones. Returns how many."""
+    mine = sorted(done)[rank::world_size]
+    paths = [os.path.join(parts_dir, entry_name(k)) for k in mine]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        valid = list(pool.map(lambda p: part_is_valid(p, size, mode), paths))
+    bad = [p for p, ok in zip(paths, valid) if not ok]
+    for path in bad:
+        os.remove(path)
+    return len(bad)
 
 
 def assemble_zip(parts_dir, zip_path, num_images, settings):
@@ -101,29 +221,64 @@ def assemble_zip(parts_dir, zip_path, num_images, settings):
 
 
 def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=None, batch_size=64,
-             device='cpu', mode='gi', verbose=False, progress=True, writer_threads=2, **sampler_kwargs):
+             device='cpu', mode='gi', verbose=False, progress=True, writer_threads=2, overwrite=False,
+             **sampler_kwargs):
     """Generate one image per seed (entry k = seeds[k]) into `zip_path`, resuming unfinished work.
 
     `settings` (a JSON-able dict of everything that determines the pixels) guards resumption:
-    a work folder made with other settings is refused rather than mixed. PNG encoding and file
-    writes run in `writer_threads` worker threads, overlapping with sampling.
+    a work folder made with other settings is refused rather than mixed, and so is replacing a
+    finished zip of other settings, unless `overwrite`. The work folder is locked for the run, so
+    a second run on the same zip refuses at once. Existing parts count only after they decode to
+    an image of the right size and mode; bad ones are regenerated. PNG encoding and file writes run
+    in `writer_threads` worker threads, overlapping with sampling.
     Returns a dict of timings and counts (rank 0's view).
     """
-    seeds = [int(s) for s in seeds]
+    seeds = seedlib.as_seed_sequence(seeds)
     # The chunking (hence the batch shapes, which may change kernel rounding) is part of the settings.
-    settings = dict(settings, seeds_first=seeds[0] if seeds else None, num_images=len(seeds), batch_size=batch_size)
+    settings = dict(settings, seeds_first=int(seeds[0]) if len(seeds) else None, num_images=len(seeds),
+                    batch_size=batch_size)
     parts_dir = zip_path + '.parts'
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    lock = RunLock(parts_dir, parts_dir) if rank == 0 else None
+    status = None
     if rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
-    if _zip_is_complete(zip_path, settings):
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(zip_path)), exist_ok=True)
+            status = _claim_work(zip_path, parts_dir, settings, lock, overwrite)
+        except UserError as exc:
+            status = f'error: {exc}'
+        except OSError as exc:
+            status = f'error: {describe_os_error(exc)}'
+    status = dist.broadcast_object(status)  # a refusal stops every rank with rank 0's line
+    if status.startswith('error: '):
+        raise UserError(status[len('error: '):])
+    if status == 'complete':
         dist.print0(f'{zip_path} is already complete; nothing to do.')
         return dict(generated=0, skipped=len(seeds))
-    _check_parts_settings(parts_dir, settings)  # every rank, so that a mismatch stops all of them
-    if rank == 0:
-        _prepare_parts_dir(parts_dir, settings)
-    dist.barrier()
-    done = _finished_parts(parts_dir)
+    try:
+        return _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, gnet=gnet, guidance=guidance,
+                                  batch_size=batch_size, device=device, mode=mode, verbose=verbose,
+                                  progress=progress, writer_threads=writer_threads, **sampler_kwargs)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gnet, guidance, batch_size, device,
+                       mode, verbose, progress, writer_threads, **sampler_kwargs):
+    """The locked part of `dump_zip`: check the parts, generate the missing ones, write the zip."""
+    import torch
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    done = {k for k in _finished_parts(parts_dir) if k < len(seeds)}
+    if done:
+        size, image_mode = image_format(encoder, net, device)
+        bad = torch.tensor([_discard_bad_parts(parts_dir, done, size, image_mode, rank, world_size)],
+                           dtype=torch.int64)
+        dist.all_reduce_sum(bad)
+        if int(bad) and rank == 0:
+            print(f'note: {int(bad)} images in {parts_dir} were incomplete or unreadable; regenerating them.')
+        dist.barrier()
+        done = {k for k in _finished_parts(parts_dir) if k < len(seeds)}
     dist.barrier()  # every rank has listed the folder before anything new is written
     # Chunks of consecutive seeds, fixed by the settings alone: a chunk is computed whole (or not at
     # all), so an image never depends on the number of processes or on where a run was cut off.
@@ -138,7 +293,7 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
 
     def write_one(k, image):
         t0 = time.perf_counter()
-        imagelib.save_png(os.path.join(parts_dir, entry_name(k)), image)
+        imagelib.atomic_write(os.path.join(parts_dir, entry_name(k)), imagelib.encode_png(image), make_dirs=False)
         writing_lock_free.append(time.perf_counter() - t0)
 
     writes = []

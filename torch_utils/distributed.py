@@ -76,6 +76,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         tensor.copy_(staged)
     return tensor
 
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (any picklable object); ``obj`` itself when single process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    device = _sync_device if _sync_device is not None and _sync_device.type == 'cuda' else None
+    torch.distributed.broadcast_object_list(box, src=src, device=device)
+    return box[0]
+
 def print0(*args, **kwargs) -> None:
     """``print`` on rank 0 only."""
     if get_rank() == 0:

@@ -39,7 +39,7 @@ class Detector:
 def _load_pickled_model(url, what):
     """Unpickle a model through the download cache; any failure becomes a one-line UserError."""
     try:
-        return load_pickle(url)
+        return load_pickle(url, note=False)  # the program's own choice of detector, not a file the user gave
     except UserError as exc: # network, missing cache, corrupt file: all mean "no detector"
         raise UserError(f'cannot load the {what}: {exc}') from exc
 

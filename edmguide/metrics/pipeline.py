@@ -7,6 +7,7 @@ image set) is checked before the long feature pass, and outputs are written only
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -14,11 +15,12 @@ import torch
 import tqdm
 
 from edmguide import generation, loading, seeds as seedlib
-from edmguide.errors import UserError
+from edmguide.errors import UserError, with_path
 from edmguide.generation import pick_device
 from edmguide.metrics import detectors, stats as stats_lib
 from edmguide.metrics.frechet import frechet_distance
 from edmguide.metrics.image_files import ImageFiles, collate_images
+from edmguide.outputs import check_output_dir, check_output_file
 from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')
@@ -186,8 +188,12 @@ def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
         if mu.shape != (dim,):
             raise UserError(f'{ref_path}: "{name}" reference has {dim} features, '
                             f'but the images gave {mu.shape[0]}')
-        results[name] = frechet_distance(stats[name]['mu'], stats[name]['sigma'],
-                                         ref[name]['mu'], ref[name]['sigma'])
+        value = float(frechet_distance(stats[name]['mu'], stats[name]['sigma'],
+                                       ref[name]['mu'], ref[name]['sigma']))
+        if not math.isfinite(value):  # never printed as a value nor written (NaN is not JSON either)
+            raise UserError(f'{name} is not finite ({value}) for these images against {ref_path}; '
+                            f'nothing was written')
+        results[name] = value
     return results
 
 #----------------------------------------------------------------------------
@@ -196,6 +202,7 @@ def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
 def calc_metrics_for_images(image_path, ref_path, metrics=None, *, num_images=50000, seed=0,
                             max_batch_size=64, num_workers=2, device=None, progress=True):
     """EDM2 `calc`: FD of a seeded subset of `num_images` images against a reference."""
+    device = pick_device(device, note=False)  # a device this machine lacks is one line, at once
     ref = stats_lib.load_reference(ref_path)
     metrics = resolve_metrics(metrics, ref, ref_path)
     dims = reference_dims(ref, metrics, ref_path)
@@ -209,6 +216,8 @@ def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_
                    num_workers=2, device=None, progress=True):
     """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes)."""
     metrics = detectors.check_metric_names(metrics)
+    device = pick_device(device, note=False)
+    check_output_file(dest_path, '--dest')  # before the feature pass, not after it
     stats = compute_stats_for_images(image_path, metrics, max_batch_size=max_batch_size,
                                      num_workers=num_workers, device=device, progress=progress)
     if dist.get_rank() == 0:
@@ -237,11 +246,11 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     images as they come, never writing them. `guidance_interval` = (start, stop) step indices,
     `guidance_sigma` = (lo, hi] noise range; at most one of them.
     """
+    device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path) # fail early, before loading networks
     metrics = resolve_metrics(metrics, ref, ref_path)
     reference_dims(ref, metrics, ref_path) # checks the reference's shapes, also before loading networks
     dets = build_detectors(metrics)
-    device = pick_device(device, note=False)
     guided = guidance is not None and guidance != 1
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
@@ -261,15 +270,21 @@ def gi_result_name(gen_zip):
     return os.path.basename(os.path.normpath(gen_zip)).split('.zip')[0]
 
 def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results', batch_size=128,
-                        num_workers=0, device=None, progress=True):
+                        num_workers=0, device=None, progress=True, report=None):
     """Guidance-interval form: one metric over all images of `gen_zip`, appended to
     `<results_dir>/<metric>.jsonl`. Returns (value, num_images).
+
+    The results folder is checked before the feature pass. Under torchrun the ranks share the
+    images and only rank 0 calls `report(value)` (the CLI prints there, before anything is written)
+    and appends the one record.
 
     As upstream guidance-interval, DINOv2 inputs are resized with PIL (same as its torchvision
     pipeline for square images). Statistics are float64 throughout; upstream's float32 mean differs
     from it only by float32 round-off.
     """
     detectors.check_metric_names([metric])
+    check_output_dir(results_dir, '--results_dir')
+    device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path)
     resolve_metrics([metric], ref, ref_path)
     detector_kwargs = {'fd_dinov2': {'resize_mode': 'pil'}}
@@ -279,10 +294,21 @@ def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results'
                                      num_workers=num_workers, device=device, dets=dets,
                                      expected_dims=dims, progress=progress)
     value = frechet_to_reference(stats, ref, [metric], ref_path)[metric]
-    record = {'gen_zip': gi_result_name(gen_zip), metric: value, 'num_gen_images': stats['num_images']}
-    os.makedirs(results_dir, exist_ok=True)
-    with open(os.path.join(results_dir, f'{metric}.jsonl'), 'a', encoding='utf-8') as f:
-        f.write(json.dumps(record) + '\n') # one write: a complete line or nothing
+    if dist.get_rank() == 0:
+        if report is not None:
+            report(value)
+        record = {'gen_zip': gi_result_name(gen_zip), metric: value, 'num_gen_images': stats['num_images']}
+        append_jsonl(os.path.join(results_dir, f'{metric}.jsonl'), record)
     return value, stats['num_images']
+
+def append_jsonl(path, record):
+    """Append one JSON line in a single write (a complete line or nothing); errors name `path`."""
+    line = json.dumps(record, allow_nan=False) + '\n'
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, 'a', encoding='utf-8') as f:
+            f.write(line)
+    except OSError as exc:
+        raise with_path(exc, path) from None
 
 #----------------------------------------------------------------------------

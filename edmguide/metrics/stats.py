@@ -16,6 +16,7 @@ import torch
 import dnnlib
 from edmguide.errors import UserError
 from edmguide.images import atomic_write
+from edmguide.loading import load_pickle
 from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
@@ -74,28 +75,68 @@ def load_reference(path_or_url):
     """Read reference statistics from a .pkl or .npz file or URL (through the download cache).
 
     Returns the stats dict; an EDM v1 `.npz` (arrays 'mu', 'sigma') becomes {'fid': {...}}.
+    Every mu/sigma entry is validated here, before any feature pass (`check_frechet_entry`);
+    entries of other kinds are left to the metrics that use them.
     """
-    is_local = '://' not in str(path_or_url)
-    if is_local and not os.path.isfile(path_or_url):
-        raise UserError(f'{path_or_url}: reference statistics file not found')
+    name = os.fspath(path_or_url)
+    is_local = '://' not in name
+    if is_local and not os.path.isfile(name):
+        raise UserError(f'{name}: reference statistics file not found')
     try:
-        with dnnlib.util.open_url(path_or_url, verbose=False) as f:
-            if str(path_or_url).lower().endswith('.npz'):
-                with np.load(f, allow_pickle=False) as npz:
-                    ref = {'fid': {key: npz[key] for key in npz.files}}
-            else:
-                ref = pickle.load(f)
-    except UserError:
-        raise
+        if name.lower().endswith('.npz'):
+            with dnnlib.util.open_url(name, verbose=False) as f, np.load(f, allow_pickle=False) as npz:
+                ref = {'fid': {key: npz[key] for key in npz.files}}
+        else:
+            ref = load_pickle(name)  # the one pickle loader (and its note that pickles run code)
+    except UserError as exc:
+        reason = str(exc).split(f'{name}: ', 1)[-1]
+        raise UserError(f'{name}: cannot read reference statistics: {reason}') from exc
     except Exception as exc: # unreachable URL, truncated or foreign file
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f'{path_or_url}: cannot read reference statistics: {msg}') from exc
+        raise UserError(f'{name}: cannot read reference statistics: {msg}') from exc
     if not isinstance(ref, dict):
-        raise UserError(f'{path_or_url}: not a statistics file (got {type(ref).__name__}, expected a dict)')
-    for name, value in ref.items():
-        if name != 'num_images' and (not isinstance(value, dict) or 'mu' not in value or 'sigma' not in value):
-            raise UserError(f'{path_or_url}: entry "{name}" has no "mu"/"sigma" arrays')
+        raise UserError(f'{name}: not a statistics file (got {type(ref).__name__}, expected a dict)')
+    for metric, entry in ref.items():
+        if metric != 'num_images' and isinstance(entry, dict) and ('mu' in entry or 'sigma' in entry):
+            check_frechet_entry(entry, metric, name)
     return ref
+
+def _frechet_arrays(entry, name, path):
+    """(mu, sigma) of a reference entry as numpy arrays, their shapes checked."""
+    if not isinstance(entry, dict) or 'mu' not in entry or 'sigma' not in entry:
+        raise UserError(f'{path}: entry "{name}" has no "mu"/"sigma" arrays')
+    mu, sigma = np.asarray(entry['mu']), np.asarray(entry['sigma'])
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+        raise UserError(f'{path}: "{name}" statistics are malformed (mu {list(mu.shape)}, '
+                        f'sigma {list(sigma.shape)})')
+    return mu, sigma
+
+SYMMETRY_RTOL = 1e-6  # |sigma - sigma^T| relative to the largest |sigma|
+PSD_RTOL = 1e-6       # smallest eigenvalue relative to the largest
+
+def check_frechet_entry(entry, name, path='reference'):
+    """Refuse mu/sigma statistics that cannot give a meaningful Fréchet distance: non-numeric or
+    non-finite values, sigma not square of mu's size, not symmetric (to a relative 1e-6), or not
+    positive semi-definite within round-off (smallest eigenvalue >= -1e-6 of the largest)."""
+    mu, sigma = _frechet_arrays(entry, name, path)
+    where = f'{path}: "{name}" statistics'
+    for label, array in (('mu', mu), ('sigma', sigma)):
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise UserError(f'{where}: {label} holds {array.dtype} values, not numbers')
+        if not np.isfinite(array).all():
+            raise UserError(f'{where}: {label} has {int(np.sum(~np.isfinite(array)))} non-finite values (NaN or infinity)')
+    sigma = sigma.astype(np.float64)
+    scale = float(np.abs(sigma).max()) if sigma.size else 0.0
+    asymmetry = float(np.abs(sigma - sigma.T).max()) if sigma.size else 0.0
+    if asymmetry > SYMMETRY_RTOL * scale:
+        raise UserError(f'{where}: sigma is not symmetric (largest |sigma - sigma^T| is {asymmetry:.3g}, '
+                        f'{asymmetry / scale:.3g} of the largest entry)')
+    if sigma.size:
+        eigenvalues = np.linalg.eigvalsh((sigma + sigma.T) / 2)
+        lowest, highest = float(eigenvalues[0]), float(eigenvalues[-1])
+        if lowest < -PSD_RTOL * max(highest, 0.0) or highest < 0:
+            raise UserError(f'{where}: sigma is not a covariance matrix (not positive semi-definite: '
+                            f'eigenvalues from {lowest:.6g} to {highest:.6g})')
 
 def reference_metrics(ref):
     """Names of the metrics a reference holds statistics for."""
@@ -103,12 +144,7 @@ def reference_metrics(ref):
 
 def reference_dim(ref, name, path='reference'):
     """Feature dimension of metric `name` in `ref`, after checking mu/sigma shapes agree."""
-    mu = np.asarray(ref[name]['mu'])
-    sigma = np.asarray(ref[name]['sigma'])
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise UserError(f'{path}: "{name}" statistics are malformed (mu {list(mu.shape)}, '
-                        f'sigma {list(sigma.shape)})')
-    return mu.shape[0]
+    return _frechet_arrays(ref[name], name, path)[0].shape[0]
 
 def save_stats(stats, dest_path):
     """Pickle a stats dict to `dest_path` atomically (directories are created)."""
