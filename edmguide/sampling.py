@@ -90,7 +90,10 @@ def noise_levels(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=to
         raise UserError(f'num_steps must be at least 2, got {num_steps}')
     if not 0 < sigma_min < sigma_max:
         raise UserError(f'need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}')
-    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    try:
+        hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    except OverflowError:
+        hi = lo = math.inf  # refused by check_schedule below, with the one-line message
     ramp = torch.arange(num_steps, dtype=dtype, device=device) / (num_steps - 1)
     t = (hi + ramp * (lo - hi)) ** rho
     check_schedule(t, dtype)

@@ -251,6 +251,8 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
             status = f'error: {describe_os_error(exc)}'
     status = dist.broadcast_object(status)  # a refusal stops every rank with rank 0's line
     if status.startswith('error: '):
+        if lock is not None:
+            lock.release()
         raise UserError(status[len('error: '):])
     if status == 'complete':
         dist.print0(f'{zip_path} is already complete; nothing to do.')

@@ -59,3 +59,49 @@ def test_missing_reference(tmp_path):
 def test_malformed_reference_shapes():
     with pytest.raises(UserError, match='malformed'):
         stats.reference_dim({'fid': {'mu': np.zeros(3), 'sigma': np.eye(4)}}, 'fid')
+
+#----------------------------------------------------------------------------
+# Validation of mu/sigma entries at load time.
+
+def _ref_file(tmp_path, mu, sigma, **other_entries):
+    path = tmp_path / 'ref.pkl'
+    path.write_bytes(pickle.dumps({'num_images': 10, 'fid': {'mu': mu, 'sigma': sigma}, **other_entries}))
+    return str(path)
+
+def _psd(d, seed=0):
+    a = np.random.default_rng(seed).standard_normal((d, d + 2))
+    return a @ a.T
+
+@pytest.mark.parametrize('mu, sigma, match', [
+    (np.array([0.0, np.nan, 1.0]), _psd(3), 'mu has 1 non-finite'),
+    (np.zeros(3), np.where(np.eye(3) > 0, np.inf, 0.0), 'sigma has 3 non-finite'),
+    (np.zeros(3), np.zeros((3, 2)), 'malformed'),
+    (np.zeros(3), _psd(4), 'malformed'),  # square, but not of mu's size
+    (np.zeros(3), _psd(3) + np.triu(np.full((3, 3), 1e-4), 1), 'not symmetric'),
+    (np.zeros(3), np.diag([1.0, 0.5, -1e-3]), 'not positive semi-definite'),
+    (np.zeros(3), -np.eye(3), 'not positive semi-definite'),
+    (np.array(['a', 'b']), np.eye(2), 'not numbers'),
+])
+def test_bad_statistics_are_refused_when_loaded_naming_file_and_problem(tmp_path, mu, sigma, match):
+    path = _ref_file(tmp_path, mu, sigma)
+    with pytest.raises(UserError, match=match) as info:
+        stats.load_reference(path)
+    assert str(info.value).startswith(f'{path}: "fid" statistics') or 'malformed' in str(info.value)
+
+def test_round_off_is_accepted_and_other_entry_kinds_are_left_alone(tmp_path):
+    """Asymmetry of 1e-9 relative and eigenvalues of -1e-9 of the largest are round-off, not errors
+    (a singular covariance of fewer images than features has such eigenvalues); an entry of another
+    kind (a precision/recall 'features' array) is not a mu/sigma entry to validate."""
+    sigma = _psd(6)[:, :] @ np.diag([1, 1, 1, 1, 1, 0]) @ _psd(6)  # some structure
+    sigma = (sigma + sigma.T) / 2
+    w, v = np.linalg.eigh(sigma)
+    w[0] = -1e-9 * w[-1]
+    sigma = (v * w) @ v.T
+    sigma[0, 1] += 1e-9 * np.abs(sigma).max()
+    path = _ref_file(tmp_path, np.zeros(6), sigma, pr={'features': np.zeros((4, 6))}, extra='metadata')
+    ref = stats.load_reference(path)
+    assert stats.reference_dim(ref, 'fid') == 6 and 'pr' in ref
+
+def test_reference_dim_of_an_entry_without_mu_sigma_is_a_user_error():
+    with pytest.raises(UserError, match='no "mu"/"sigma"'):
+        stats.reference_dim({'pr': {'features': np.zeros((2, 3))}}, 'pr')

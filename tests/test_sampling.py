@@ -241,3 +241,72 @@ def test_ideal_denoiser_without_guidance_samples_each_class_distribution_ks_belo
         x = sample(net, noise, one_hot(n, 2, cls, torch.float32)).flatten().double()
         ks = scipy.stats.kstest(x.numpy(), cdf).statistic
         assert ks < 0.02, (cls, ks)
+
+#----------------------------------------------------------------------------
+# The sampler options are validated as a whole, by the library and the command-line parser alike.
+
+BAD_OPTIONS = [
+    (dict(num_steps=1), '--steps=1'),
+    (dict(sigma_min=0.0), '--sigma_min=0.0'),
+    (dict(sigma_max=float('nan')), '--sigma_max=nan'),
+    (dict(sigma_max=float('inf')), '--sigma_max=inf'),
+    (dict(sigma_min=5.0, sigma_max=5.0), 'need sigma_min < sigma_max'),
+    (dict(rho=0.0), '--rho=0.0'),
+    (dict(rho=1e-3), 'no usable'),  # 80 ** 1000 overflows: an infinite schedule
+    (dict(sigma_min=1e-200, rho=7, dtype=torch.float32), 'no usable'),  # 0 in float32, fine in float64
+    (dict(S_churn=-1.0), '--S_churn=-1.0'),
+    (dict(S_churn=float('inf')), '--S_churn=inf'),
+    (dict(S_noise=float('nan')), '--S_noise=nan'),
+    (dict(S_noise=-1.0), '--S_noise=-1.0'),
+    (dict(S_min=2.0, S_max=1.0), 'need S_min <= S_max'),
+    (dict(S_max=float('nan')), '--S_max=nan'),
+]
+
+
+@pytest.mark.parametrize('options, fragment', BAD_OPTIONS)
+def test_options_that_make_images_non_finite_or_meaningless_are_refused_by_the_sampler(options, fragment):
+    net = ToyNet(label_dim=0)
+    options = dict(options)
+    dtype = options.pop('dtype', None)
+    with pytest.raises(UserError, match=fragment.replace('(', r'\(').replace('+', r'\+')) as info:
+        sample(net, torch.randn(1, 4, 4, 4), None, dtype=dtype, **options)
+    assert '\n' not in str(info.value)
+    assert net.calls == []  # refused before any evaluation
+
+
+@pytest.mark.parametrize('options, fragment', [o for o in BAD_OPTIONS if 'dtype' not in o[0]])
+def test_the_command_line_parser_refuses_the_same_options(tmp_path, options, fragment):
+    import generate_images
+    from cli_helpers import invoke
+    spelling = dict(num_steps='--steps')
+    args = ['--net', tmp_path / 'no-such.pkl', '--outdir', tmp_path / 'out']
+    for key, value in options.items():
+        args += [spelling.get(key, f'--{key}'), value]
+    result = invoke(generate_images.main, args)
+    assert result.exit_code == 2 and 'no-such.pkl' not in result.output, result.output  # the parser's usage error
+    assert not (tmp_path / 'out').exists()
+
+
+def test_good_extreme_options_pass_and_sample_finitely():
+    net = ToyNet(label_dim=0)
+    x = sample(net, torch.randn(2, 4, 4, 4), None, num_steps=2, sigma_min=1e-4, sigma_max=500, rho=1,
+               S_churn=40, S_min=0, S_max=float('inf'), S_noise=0)
+    assert torch.isfinite(x).all()
+
+
+def test_non_finite_sampler_output_is_refused_before_any_image_is_made():
+    from edmguide.generation import generate_batches
+
+    class NanNet(ToyNet):
+        def __call__(self, x, sigma, class_labels=None):
+            return super().__call__(x, sigma, class_labels) * float('nan')
+
+    class Encoder:
+        decoded = 0
+        def decode(self, latents):
+            Encoder.decoded += 1
+            return latents.to(torch.uint8)
+
+    with pytest.raises(UserError, match=r'non-finite values .* for 2 of 2 images \(first seed 3\)'):
+        next(generate_batches(NanNet(label_dim=0), Encoder(), [3, 4], num_steps=2))
+    assert Encoder.decoded == 0

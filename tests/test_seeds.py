@@ -147,3 +147,52 @@ def test_fixed_chunks_do_not_depend_on_process_count_and_pad_ranks_equally():
     assert [c.tolist() for c in rank1] == [[4, 5, 6, 7], []]  # padded: both ranks see 2 batches
     dealt = sorted((c.tolist() for r in range(3) for c in deal_chunks(chunks, 3, r) if len(c)), key=lambda c: c[0])
     assert dealt == [c.tolist() for c in chunks]  # every chunk exactly once, unchanged, whatever the rank count
+
+
+#----------------------------------------------------------------------------
+# Lazy seed lists: a billion seeds are never materialised.
+
+def test_huge_seed_list_is_lazy_with_len_indexing_and_slicing():
+    import time
+    t0 = time.perf_counter()
+    seeds = parse_seed_list('5,0-999999999,7')
+    assert len(seeds) == 1_000_000_002
+    assert (seeds[0], seeds[1], seeds[1_000_000_000], seeds[-1], seeds[-2]) == (5, 0, 999999999, 7, 999999999)
+    part = seeds[999_999_998:1_000_000_002]
+    assert list(part) == [999999997, 999999998, 999999999, 7] and len(seeds[10:20]) == 10
+    assert seeds[:3] == [5, 0, 1] and list(seeds[1_000_000_001:]) == [7]
+    with pytest.raises(IndexError):
+        seeds[1_000_000_002]
+    assert time.perf_counter() - t0 < 1  # (materialising would take minutes and ~40 GB)
+
+
+@pytest.mark.parametrize('num, batch, world', [(0, 4, 1), (1, 4, 3), (7, 3, 2), (70, 32, 1), (1001, 8, 5), (50000, 32, 8)])
+def test_rank_batches_are_numpy_array_split_computed_arithmetically(num, batch, world):
+    num_batches = max((num - 1) // (batch * world) + 1, 1) * world
+    brute = np.array_split(np.arange(num), num_batches)  # the definition, by brute force
+    for rank in range(world):
+        mine = rank_batches(num, batch, world, rank)
+        expected = brute[rank::world]
+        assert len(mine) == len(expected)
+        assert all(list(a) == b.tolist() for a, b in zip(mine, expected))
+        assert list(mine[-1]) == expected[-1].tolist() and [list(c) for c in mine[1:3]] == [c.tolist() for c in expected[1:3]]
+
+
+def test_a_billion_seeds_split_over_ranks_start_at_once():
+    chunks = rank_batches(1_000_000_000, 32, 8, 3)
+    assert len(chunks) == 3_906_250
+    assert chunks[0] == range(96, 128) and chunks[-1] == range(999_999_840, 999_999_872)  # chunk 31,249,995 of 31,250,000
+
+
+def test_generation_iterator_starts_on_a_billion_seeds(tiny_pickles):
+    import time
+    from edmguide import loading
+    from edmguide.generation import generate_batches
+    net, encoder = loading.load_network(tiny_pickles['uncond'])
+    t0 = time.perf_counter()
+    batches = generate_batches(net, encoder.init('cpu') or encoder, parse_seed_list('0-999999999'), max_batch_size=2,
+                               num_steps=2)
+    first = next(batches)
+    batches.close()
+    assert first.seeds == [0, 1] and first.num_batches == 500_000_000
+    assert time.perf_counter() - t0 < 20
