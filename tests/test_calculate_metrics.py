@@ -432,3 +432,70 @@ def test_unknown_device_is_a_one_line_error_in_both_forms(cache, tmp_path, image
     assert not (tmp_path / 'results').exists()
     calc = ['calc', '--images', image_zip, '--ref', ref_path, '--metrics', 'fid', '--num', '2', '--device', 'bogus']
     assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc), "--device 'bogus'")
+
+#----------------------------------------------------------------------------
+# Outputs checked before the work, results printed before they are written, nothing wrong written.
+
+def test_gi_form_under_torchrun_prints_and_appends_exactly_once(cache, tmp_path, image_zip, images, other_ref):
+    env = dict(os.environ, OMP_NUM_THREADS='1', DNNLIB_CACHE_DIR=cache,
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')]))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'calculate_metrics.py'), '--gen_zip', image_zip, '--ref_path', other_ref[0],
+           '--results_dir', str(tmp_path / 'r'), '--batch_size', '4']
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), other_ref[1])
+    printed = [line for line in result.stdout.splitlines() if line.startswith('FID = ')]
+    assert printed == [f'FID = {expected:.2f}']
+    records = [json.loads(line) for line in (tmp_path / 'r' / 'fid.jsonl').read_text().splitlines()]
+    assert len(records) == 1 and records[0]['num_gen_images'] == 12  # both ranks' shares, measured once
+    assert records[0]['fid'] == pytest.approx(expected, rel=1e-6)
+
+def test_unwritable_output_locations_fail_before_any_input_is_read(cache, tmp_path, image_zip):
+    (tmp_path / 'a-file').write_text('')
+    missing = str(tmp_path / 'missing-ref.pkl')  # would fail if it were read first
+    result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', missing,
+                                               '--results_dir', str(tmp_path / 'a-file' / 'r')])
+    assert_one_line_error(result, '--results_dir', 'a-file', 'is a file')
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', str(tmp_path / 'no-data'),
+                                                 '--dest', str(tmp_path / 'a-file' / 'ref.pkl')])
+    assert_one_line_error(result, '--dest', 'a-file')
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', str(tmp_path / 'no-data'), '--dest', str(tmp_path)])
+    assert_one_line_error(result, '--dest', 'is a directory')
+
+def test_the_value_is_printed_before_the_record_is_written(cache, tmp_path, image_zip, images, other_ref):
+    results = tmp_path / 'r'
+    (results / 'fid.jsonl').mkdir(parents=True)  # appending to it fails after the measurement
+    result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', other_ref[0],
+                                               '--results_dir', str(results)])
+    expected = hm.reference_fd(hm.fake_inception_features(nchw(images)).numpy(), other_ref[1])
+    assert result.stdout.strip() == f'FID = {expected:.2f}'  # the measurement is not lost
+    assert_one_line_error(result, str(results / 'fid.jsonl'))
+
+def test_a_non_finite_result_is_neither_printed_nor_written(cache, tmp_path, image_zip, other_ref, monkeypatch):
+    from edmguide.metrics import pipeline
+    monkeypatch.setattr(pipeline, 'frechet_distance', lambda *args: float('nan'))
+    results = tmp_path / 'r'
+    result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', other_ref[0],
+                                               '--results_dir', str(results)])
+    assert_one_line_error(result, 'fid is not finite')
+    assert result.stdout == '' and not (results / 'fid.jsonl').exists()
+    with pytest.raises(ValueError):  # the record writer itself refuses NaN (not JSON)
+        pipeline.append_jsonl(str(tmp_path / 'x.jsonl'), {'fid': float('nan')})
+
+def test_a_bad_reference_is_one_line_before_the_feature_pass(cache, tmp_path, image_dir, monkeypatch):
+    from edmguide.metrics import pipeline
+    path = tmp_path / 'nan-ref.pkl'
+    path.write_bytes(pickle.dumps({'fid': {'mu': np.full(15, np.nan), 'sigma': np.eye(15)}}))
+    monkeypatch.setattr(pipeline, 'compute_stats_for_images', lambda *a, **k: pytest.fail('feature pass started'))
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path)])
+    assert_one_line_error(result, str(path), 'mu has 15 non-finite')
+
+def test_a_full_disk_is_named_with_the_path(tmp_path, capsys):
+    from edmguide.errors import run_cli
+    from edmguide.metrics import pipeline
+    if not os.path.exists('/dev/full'):
+        pytest.skip('needs /dev/full')
+    with pytest.raises(SystemExit):
+        run_cli(pipeline.append_jsonl, '/dev/full', {'fid': 1.0})
+    assert capsys.readouterr().err.strip() == 'error: /dev/full: No space left on device'

@@ -101,3 +101,40 @@ def test_two_process_gloo_all_reduce_sum(tmp_path):
         assert res['num'] == 3 and res['mean'] == pytest.approx(2 / 3)
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# A rank whose peer is gone reports one line, not a gloo traceback.
+
+PEER_SCRIPT = '''
+import datetime, os, time
+import torch
+from torch_utils import distributed as dist
+from edmguide.errors import run_cli
+torch.distributed.init_process_group('gloo', init_method='env://', timeout=datetime.timedelta(seconds=30))
+dist.init()
+if dist.get_rank() == 1:
+    os._exit(0)  # dies without a word, as a worker killed by the torchrun agent
+def work():
+    time.sleep(0.5)
+    for _ in range(100):
+        dist.all_reduce_sum(torch.ones(1))
+run_cli(work)
+'''
+
+def test_a_lost_peer_is_one_line_per_rank(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = tmp_path / 'peer.py'
+    script.write_text(PEER_SCRIPT)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE='2', MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=str(port), OMP_NUM_THREADS='1', PYTHONPATH=root, CUDA_VISIBLE_DEVICES='')
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    out = [p.communicate(timeout=120) for p in procs]
+    assert procs[0].returncode == 1 and procs[1].returncode == 0
+    lines = out[0][1].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: rank 0: lost contact with the other processes'), out[0][1]

@@ -147,3 +147,33 @@ def test_library_call_forwards_the_sampler_dtype_as_upstream(tiny_pickles, tmp_p
                                                  guidance=2.0, guidance_interval=(1, 2), seeds=[0], num_steps=4,
                                                  dtype=torch.float64, device='cpu')
     assert paths == [str(tmp_path / '000000.png')] and os.path.isfile(paths[0])
+
+
+def test_output_folders_are_checked_before_any_network_is_loaded(tmp_path, monkeypatch):
+    from edmguide import loading
+    monkeypatch.setattr(loading, 'load_network', lambda *a, **k: pytest.fail('a network was loaded'))
+    (tmp_path / 'a-file').write_text('')
+    bad = tmp_path / 'a-file' / 'out'
+    for args, option in [(['--net', 'x.pkl', '--outdir', bad, '--seeds', '0-3'], '--outdir'),
+                         (['--cond_pkl', 'x.pkl', '--uncond_pkl', 'y.pkl', '--results_dir', bad], '--results_dir'),
+                         (['--preset', 'demo', '--outdir', bad], '--outdir')]:
+        result = invoke(generate_images.main, args)
+        assert result.exit_code == 1 and 'Traceback' not in result.output, result.output
+        assert f'error: {option} {bad}: cannot create it, {tmp_path / "a-file"} is a file' in result.output
+    result = invoke(generate_images.main, ['--net', 'x.pkl', '--outdir', tmp_path / 'a-file'])
+    assert 'a-file: exists and is not a directory' in result.output
+
+
+@pytest.mark.parametrize('device', ['cuda', 'cuda:7'])
+def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path, device):
+    import torch
+    from edmguide.errors import UserError
+    from edmguide.generation import pick_device
+    if torch.cuda.is_available() and (device == 'cuda' or torch.cuda.device_count() > 7):
+        pytest.skip('this machine has that device')
+    with pytest.raises(UserError, match=f"--device '{device}': ") as info:
+        pick_device(device)
+    assert '\n' not in str(info.value)
+    result = invoke(generate_images.main, ['--preset=demo', '--outdir', tmp_path / 'out', '--device', device])
+    assert result.exit_code == 1 and f"error: --device '{device}'" in result.output and 'Traceback' not in result.output
+    assert not (tmp_path / 'out').exists()

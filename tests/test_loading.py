@@ -152,3 +152,26 @@ def test_bare_module_pickle_is_accepted_like_toy_models(tmp_path):
     assert net.sigma_max == math.inf
 
 #----------------------------------------------------------------------------
+
+def test_a_pickle_from_outside_the_repository_gets_a_note_once_and_the_demo_assets_none(tmp_path, capsys, monkeypatch):
+    import os
+    from edmguide import loading, presets
+    monkeypatch.setattr(loading, '_noted', set())
+    path = write_pickle(tmp_path / 'net.pkl', tiny_precond())
+    load_network(path)
+    load_network(path)  # the same file again: no second note
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f'note: opening {path} runs Python code stored in it (pickles execute code); open only files you trust']
+    load_network(os.path.join(loading.REPO_ROOT, presets.DEMO_FILES.uncond))
+    assert capsys.readouterr().err == ''
+    load_pickle(path, note=False)
+    assert capsys.readouterr().err == ''
+
+def test_a_reference_pickle_gets_the_note_too(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from edmguide import loading
+    from edmguide.metrics import stats
+    monkeypatch.setattr(loading, '_noted', set())
+    path = write_pickle(tmp_path / 'ref.pkl', {'fid': {'mu': np.zeros(2), 'sigma': np.eye(2)}})
+    stats.load_reference(path)
+    assert capsys.readouterr().err.startswith(f'note: opening {path} runs Python code')
