@@ -40,17 +40,23 @@ def _rank_prefix():
     return f'rank {rank}: ' if rank is not None and os.environ.get('WORLD_SIZE', '1') != '1' else ''
 
 
+_LOST_PEER_MARKERS = ('Connection closed by peer', 'Connection reset by peer', 'gloo/transport',
+                      'ncclRemoteError', 'NCCL communicator was aborted')
+
+
 def is_lost_peer_error(exc):
-    """True for the error a collective raises when another process of the group is gone."""
+    """True for the error a collective raises, in a process of a torchrun group, when another
+    process of the group (or the agent) is gone: gloo raises a plain RuntimeError naming its
+    transport, newer torch versions a DistError."""
+    if os.environ.get('WORLD_SIZE', '1') == '1':
+        return False
     try:
         import torch.distributed
         if isinstance(exc, torch.distributed.DistError):
             return True
     except (ImportError, AttributeError):
         pass
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        marker in text for marker in ('Connection closed by peer', 'Connection reset by peer', 'gloo', 'NCCL'))
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _LOST_PEER_MARKERS)
 
 
 def _first_line(exc):
