@@ -44,7 +44,7 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 # Guidance-interval form.
 
 @click.command(context_settings={'help_option_names': ['-h', '--help']},
-               epilog='EDM2 forms: calculate_metrics.py calc|gen|ref --help')
+               epilog='EDM2 forms: calculate_metrics.py calc|gen|ref --help. ' + PICKLE_NOTE)
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
 @click.option('--results_dir', help='Where <metric>.jsonl is appended', type=str, default='./results', show_default=True)
@@ -68,7 +68,7 @@ def edm2_cli():
     """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
     dist.init() # joins the process group under torchrun; nothing in a single process
 
-@edm2_cli.command()
+@edm2_cli.command(epilog=PICKLE_NOTE)
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
 @click.option('--metrics', help=metrics_help, type=str, default=None)

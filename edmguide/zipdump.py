@@ -4,10 +4,17 @@ Each finished image is first written atomically as `<k:06d>.png` into a work fol
 zip (`<zip>.parts/`), together with the settings it was made with. A rerun of the same command
 skips the batches whose images all exist, so Ctrl-C, `kill -9` or a crash lose at most the batches
 in flight. Batches are fixed chunks of consecutive seeds (`seeds.fixed_chunks`), so a resumed or
-multi-process run computes every image in exactly the same batch as an uninterrupted one. When every image exists, rank 0 writes the zip under a temporary name
-(fixed timestamps, entries in seed order, stored uncompressed like upstream), renames it into
+multi-process run computes every image in exactly the same batch as an uninterrupted one. When
+every image exists, rank 0 writes the zip under a temporary name (fixed timestamps, entries in seed
+order, stored uncompressed like upstream, the settings as JSON in the zip comment), renames it into
 place and removes the work folder: a corrupt zip never sits under the final name, and the final
 zip is byte-identical to an uninterrupted run's, whatever the number of processes.
+
+Nothing is lost or mixed: rank 0 locks the work folder for the whole run (`runlock`), so a second
+run refuses instead of computing the same images; an existing image counts only once it decodes to
+the right size and mode; images whose settings cannot be proven never count; a finished zip of
+other settings is replaced only with `overwrite`; and what a killed run left (temp files, a temp
+zip, the work folder of a finished zip) is removed under the lock.
 """
 
 import concurrent.futures

@@ -499,3 +499,9 @@ def test_a_full_disk_is_named_with_the_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(pipeline.append_jsonl, '/dev/full', {'fid': 1.0})
     assert capsys.readouterr().err.strip() == 'error: /dev/full: No space left on device'
+
+def test_help_of_every_form_that_opens_a_pickle_says_it_runs_code():
+    for cli, args in [(calculate_metrics.gi_cli, ['--help']), (calculate_metrics.edm2_cli, ['calc', '--help']),
+                      (calculate_metrics.edm2_cli, ['gen', '--help'])]:
+        text = ' '.join(invoke(cli, args).output.split())
+        assert 'contain Python code that runs when they are opened' in text, args
