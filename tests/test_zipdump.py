@@ -180,3 +180,25 @@ def test_negative_seed_and_zip_dir_that_is_a_file_are_one_line_errors_before_loa
         result = invoke(gz.main, ['--cond_pkl', missing_net, '--guidance_scale', 1] + args)
         assert result.exit_code != 0 and 'Traceback' not in result.output, result.output
         assert fragment in result.output and 'no-such-net' not in result.output, result.output
+
+
+def test_a_second_concurrent_run_refuses_at_once_naming_the_first(tiny_pickles, tmp_path):
+    import time
+    from cli_helpers import assert_one_line_error, run_script
+    args = ['--cond_pkl', tiny_pickles['cond'], '--uncond_pkl', tiny_pickles['uncond'], '--zip_dir', tmp_path,
+            '--num_images', 2000, '--batch_size', 2, '--guidance_scale', 2.0, '--guidance_interval', '[0, 1]',
+            '--steps', 8, '--device', 'cpu']  # (minutes of work: the first run is still busy when the second starts)
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, 'generate_zip.py')] + [str(a) for a in args],
+                             cwd=ROOT, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / 'tiny-cond-s0-nimg2000-g2.00-gi.zip.parts'
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not list(parts.glob('0*.png')):
+            time.sleep(0.05)
+        second = run_script('generate_zip.py', args)
+        assert first.poll() is None  # the race really happened
+        assert_one_line_error(second, 'in use by another run', f'pid {first.pid} on ')
+        assert 'Resuming' not in second.stdout  # it computed nothing
+    finally:
+        first.kill()
+        first.wait()
