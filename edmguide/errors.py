@@ -82,4 +82,6 @@ def run_cli(func, *args, **kwargs):
             raise
         print(f'error: {_rank_prefix()}lost contact with the other processes of this torchrun job '
               f'(one of them, or the torchrun agent, stopped): {_first_line(exc)}', file=sys.stderr)
-        sys.exit(1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)  # skip the broken process group's teardown, which may abort with a C++ message
