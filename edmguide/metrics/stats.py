@@ -4,9 +4,13 @@ Sums are kept in float64: with 50k images of 2048 features, float32 sums of f^T 
 digits of the covariance, which FID then amplifies. Partial sums from several processes are added
 with an all-reduce, so the result does not depend on how images were split across ranks.
 File format (as upstream EDM2): a pickle of `{'num_images': n, '<metric>': {'mu', 'sigma'}}`, or an
-EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only).
+EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only). A destination ending in `.npz` gets the same
+dict flattened into NumPy arrays without pickle: `num_images` and `<metric>.<field>` for every
+array field (mu, sigma, or whatever else an entry holds). `.npz` files are read with
+`allow_pickle=False` in both layouts.
 """
 
+import io
 import os
 import pickle
 
@@ -73,7 +77,8 @@ def make_stats_dict(num_images, per_metric):
 def load_reference(path_or_url):
     """Read reference statistics from a .pkl or .npz file or URL (through the download cache).
 
-    Returns the stats dict; an EDM v1 `.npz` (arrays 'mu', 'sigma') becomes {'fid': {...}}.
+    Returns the stats dict; an EDM v1 `.npz` (arrays 'mu', 'sigma') becomes {'fid': {...}}, one of
+    ours is unflattened (see `flatten_stats`). `.npz` files are never unpickled.
     """
     is_local = '://' not in str(path_or_url)
     if is_local and not os.path.isfile(path_or_url):
@@ -82,7 +87,7 @@ def load_reference(path_or_url):
         with dnnlib.util.open_url(path_or_url, verbose=False) as f:
             if str(path_or_url).lower().endswith('.npz'):
                 with np.load(f, allow_pickle=False) as npz:
-                    ref = {'fid': {key: npz[key] for key in npz.files}}
+                    ref = unflatten_stats({key: npz[key] for key in npz.files})
             else:
                 ref = pickle.load(f)
     except UserError:
@@ -110,8 +115,42 @@ def reference_dim(ref, name, path='reference'):
                         f'sigma {list(sigma.shape)})')
     return mu.shape[0]
 
+def flatten_stats(stats):
+    """{'num_images': n, m: {field: array}} -> flat {'num_images': n, 'm.field': array} (no objects)."""
+    flat = {}
+    for name, value in stats.items():
+        fields = value.items() if isinstance(value, dict) else [(None, value)]
+        for field, array in fields:
+            key = name if field is None else f'{name}.{field}'
+            array = np.asarray(array)
+            if array.dtype == object:
+                raise ValueError(f'statistics entry {key} is not a numeric array')
+            flat[key] = array
+    return flat
+
+def unflatten_stats(arrays):
+    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}."""
+    if not any('.' in key for key in arrays) and {'mu', 'sigma'} <= set(arrays):
+        return {'fid': dict(arrays)}
+    stats = {}
+    for key, array in arrays.items():
+        name, _, field = key.rpartition('.')
+        if name:
+            stats.setdefault(name, {})[field] = array
+        else:
+            stats[key] = array.item() if array.ndim == 0 else array
+    if 'num_images' in stats:
+        stats['num_images'] = int(stats['num_images'])
+    return stats
+
 def save_stats(stats, dest_path):
-    """Pickle a stats dict to `dest_path` atomically (directories are created)."""
-    atomic_write(dest_path, pickle.dumps(stats))
+    """Write a stats dict atomically (directories are created): NumPy `.npz` (no pickle) when
+    `dest_path` ends in .npz, else a pickle as upstream."""
+    if str(dest_path).lower().endswith('.npz'):
+        buffer = io.BytesIO()
+        np.savez(buffer, **flatten_stats(stats))
+        atomic_write(dest_path, buffer.getvalue())
+    else:
+        atomic_write(dest_path, pickle.dumps(stats))
 
 #----------------------------------------------------------------------------
