@@ -110,7 +110,8 @@ def sigma_attributes(net):
 # Canonical weight hash.
 
 def tensor_bytes(tensor):
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+    """The raw bytes of a tensor as a uint8 numpy array (a buffer; no copy for CPU tensors)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
 
 def weights_sha256(tensors):
     """sha256 over sorted (name, dtype, shape, bytes) of a {name: tensor} dict."""
@@ -120,7 +121,7 @@ def weights_sha256(tensors):
         head = json.dumps([name, str(t.dtype).replace('torch.', ''), list(t.shape)]).encode('utf-8')
         digest.update(struct.pack('<Q', len(head)) + head)
         data = tensor_bytes(t)
-        digest.update(struct.pack('<Q', len(data)))
+        digest.update(struct.pack('<Q', data.nbytes))
         digest.update(data)
     return digest.hexdigest()
 
