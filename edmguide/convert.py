@@ -110,13 +110,12 @@ def check_structure(orig, rebuilt, name):
     if weights.sigma_attributes(orig) != weights.sigma_attributes(rebuilt):
         raise UserError(f'{name}: verification failed: sigma range differs')
 
-def _denoiser_cases(net, generator):
-    """(label, args) cases: eight sigmas in one batch, with one-hot labels and without labels."""
+def _denoiser_cases(net, generator, channels, resolution, label_dim):
+    """(label, x, sigma, labels) cases: eight sigmas in one batch, with one-hot labels and without."""
     n = len(SIGMAS)
     sigma = torch.tensor(SIGMAS, dtype=torch.float32)
-    x = torch.randn([n, net.img_channels, net.img_resolution, net.img_resolution], generator=generator)
+    x = torch.randn([n, channels, resolution, resolution], generator=generator)
     x = x * (sigma ** 2 + 0.25).sqrt().reshape(-1, 1, 1, 1)
-    label_dim = int(getattr(net, 'label_dim', 0))
     labels = None
     if label_dim:
         labels = torch.nn.functional.one_hot(torch.randint(label_dim, [n], generator=generator), label_dim).float()
@@ -131,12 +130,14 @@ def probe(net, qualname):
     out = {}
     with torch.no_grad():
         if qualname.endswith('.Precond'):
-            for label, x, sigma, labels in _denoiser_cases(net, generator):
+            for label, x, sigma, labels in _denoiser_cases(net, generator, net.img_channels, net.img_resolution, net.label_dim):
                 out[f'D ({label})'], out[f'logvar ({label})'] = net(x, sigma, labels, return_logvar=True)
-        elif qualname.endswith('.UNet'):
-            for label, x, sigma, labels in _denoiser_cases(net, generator):
-                if labels is None and net.emb_label is not None:
-                    labels = torch.zeros([len(SIGMAS), net.emb_label.weight.shape[1]])
+        elif qualname.endswith('.UNet'):  # shape from its layers: out_conv channels, '<res>x<res>_conv'
+            label_dim = 0 if net.emb_label is None else net.emb_label.weight.shape[1]
+            resolution = int(next(iter(net.enc)).split('x')[0])
+            for label, x, sigma, labels in _denoiser_cases(net, generator, net.out_conv.weight.shape[0], resolution, label_dim):
+                if labels is None and label_dim:
+                    labels = torch.zeros([len(SIGMAS), label_dim])
                 out[f'UNet output ({label})'] = net(x, sigma.log() / 4, labels)
         else:  # feature network: uint8 images, gray at its resolution and RGB at twice it
             r = net.img_resolution
@@ -196,6 +197,11 @@ def convert(src, dest, *, verbose=True):
         raise UserError(f'{src}: is already a {weights.SUFFIX} file')
     if os.path.isdir(dest):
         raise UserError(f'{dest}: is a directory')
+    parent = os.path.dirname(os.path.abspath(dest))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f'{dest}: cannot write there ({parent} is not a writable folder)')
     local = loading._open_download(src, verbose=verbose)
     if os.path.exists(dest) and os.path.samefile(local, dest):
         raise UserError(f'{dest}: would overwrite the input')

@@ -3,7 +3,9 @@
 A `.safetensors` file holds tensors and a string-to-string metadata table, and nothing that can
 run. `python -m edmguide.convert` writes one from a network pickle; this module reads it back by
 rebuilding the network with THIS project's class, named in the metadata, and loading the tensors
-into it. Nothing here calls `pickle`, `torch.load` or `exec`.
+into it. Nothing here unpickles: no `pickle.load`/`loads`, `torch.load` or `exec` (building a
+persistent class only runs its pickle-ability self-check, a `pickle.dump` of the constructor
+arguments into memory).
 
 Layout of a file:
 - tensors `net.<state_dict key>`: every parameter and buffer of the network, in its stored dtype;

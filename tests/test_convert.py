@@ -107,6 +107,13 @@ def test_edm_v1_style_wrapper_keeps_its_sigma_range_and_vae_encoder(tmp_path):
     np.testing.assert_array_equal(enc_s.scale, np.float32(0.6) / np.float32([4.17, 4.62, 3.71, 3.28]))
     assert _state_equal(net, net_s)
 
+def test_bare_unet_round_trips(tmp_path):
+    unet = make_tiny_net(10, 8).unet
+    pkl = tmp_path / 'unet.pkl'
+    pkl.write_bytes(pickle.dumps(unet))
+    net_s, encoder = loading.load_network(_convert(pkl, tmp_path / 'unet.safetensors'))
+    assert type(net_s) is networks_edm2.UNet and encoder is None and _state_equal(unet, net_s)
+
 #----------------------------------------------------------------------------
 # Refusals of the converter.
 
@@ -238,6 +245,10 @@ def test_converter_cli_errors_are_one_line(tmp_path):
     result = invoke(convert.main, [tmp_path / 'none.pkl', tmp_path / 'x.safetensors'])
     assert_one_line_error(result, 'none.pkl', 'no such file')
     assert_one_line_error(invoke(convert.main, ['a.pkl', tmp_path / 'x.bin']), 'must end in .safetensors')
+    (tmp_path / 'file').write_text('')
+    assert_one_line_error(invoke(convert.main, [presets.DEMO_DIR + '/digits-bad.pkl', tmp_path / 'file' / 'x.safetensors']),
+                          'cannot write there')
+    os.unlink(tmp_path / 'file')
     assert not os.listdir(tmp_path)
 
 def test_zip_names_have_the_same_stem_for_pkl_and_safetensors():
