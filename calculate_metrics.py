@@ -7,10 +7,10 @@ Guidance-interval form (one metric of a zip, result appended to <results_dir>/<m
 EDM2 form (subcommands):
 
     python calculate_metrics.py calc --images=DIR_OR_ZIP --ref=REF.pkl [--metrics=fid,fd_dinov2]
-    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl
+    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl   (or REF.npz: no pickle)
     python calculate_metrics.py gen  --net=NET.pkl [--gnet=G.pkl --guidance=2 --guidance_interval="[17, 22]"] --ref=REF.pkl
 
-References are upstream stats pickles or EDM v1 .npz files (paths or URLs). Detectors come from
+References are upstream stats pickles or .npz files (EDM v1's or ours; paths or URLs). Detectors come from
 the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
 """
 
@@ -86,13 +86,13 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 
 @edm2_cli.command()
 @click.option('--data', 'image_path', help='Directory or zip of dataset images', metavar='PATH|ZIP', type=str, required=True)
-@click.option('--dest', 'dest_path', help='Output statistics pickle', metavar='PKL', type=str, required=True)
+@click.option('--dest', 'dest_path', help='Output statistics: .pkl (pickle, as upstream) or .npz (NumPy, no pickle)', metavar='PKL|NPZ', type=str, required=True)
 @click.option('--metrics', help='Comma-separated metrics', type=str, default='fid,fd_dinov2', show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
 def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
-    """Reference statistics of a dataset, saved as a pickle."""
+    """Reference statistics of a dataset, saved as a pickle (or .npz without pickle)."""
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
         num_workers=num_workers, device=device))
@@ -100,8 +100,8 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
         print(f'Saved reference statistics to "{dest_path}"')
 
 @edm2_cli.command(epilog=PICKLE_NOTE)
-@click.option('--net', 'net_path', help='Main network pickle', metavar='PKL|URL', type=str, required=True)
-@click.option('--gnet', 'gnet_path', help='Guiding network pickle', metavar='PKL|URL', type=str, default=None)
+@click.option('--net', 'net_path', help='Main network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, required=True)
+@click.option('--gnet', 'gnet_path', help='Guiding network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, default=None)
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
 @click.option('--guidance_sigma', help='Guide only noise levels in (lo, hi], e.g. "0.28,2.9"', type=str, default=None)

@@ -69,8 +69,8 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 
 
 @click.command(epilog=cli.PICKLE_NOTE)
-@click.option('--cond_pkl', '--net', 'cond_pkl', help='Main network pickle (path or URL)', metavar='PKL', required=True)
-@click.option('--uncond_pkl', '--gnet', 'uncond_pkl', help='Guiding network pickle: unconditional (CFG) or weaker (autoguidance)', metavar='PKL')
+@click.option('--cond_pkl', '--net', 'cond_pkl', help='Main network pickle or .safetensors (path or URL)', metavar='PKL', required=True)
+@click.option('--uncond_pkl', '--gnet', 'uncond_pkl', help='Guiding network pickle or .safetensors: unconditional (CFG) or weaker (autoguidance)', metavar='PKL')
 @click.option('--zip_dir', help='Output directory', metavar='DIR', default='./results', show_default=True)
 @click.option('--num_images', help='Number of images', type=click.IntRange(min=1), default=50000, show_default=True)
 @click.option('--batch_size', help='Sampler batch size', type=click.IntRange(min=1), default=64, show_default=True)

@@ -14,7 +14,8 @@ from edmguide.sampling import check_sampler_kwargs
 NUMERICS_HELP = ("which upstream sampler's arithmetic to reproduce: 'edm2' (float32, as NVlabs/edm2) or "
                  "'gi' (float64, sigma clamped/rounded by the net, as kynkaat/guidance-interval)")
 PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python code that runs when they are opened: '
-               'open only pickles you trust.')
+               'open only pickles you trust. .safetensors files made by python -m edmguide.convert hold no code '
+               '(README: "Weights without code").')
 
 
 def parse_guidance_options(interval_text, sigma_text):

@@ -2,6 +2,8 @@
 
 EDM2, EDM v1 and guidance-interval pickles are plain pickles whose objects carry the source code
 of their classes: opening a pickle RUNS CODE FROM IT. Only load pickles from sources you trust.
+`.safetensors` files written by `python -m edmguide.convert` hold weights and metadata only; they
+are read by `edmguide.weights`, which never unpickles, and give the same `(net, encoder)`.
 
 Every problem a user can cause (missing file, corrupt or truncated file, unreachable URL, a pickle
 that holds no network) becomes a one-line `UserError` naming the file.
@@ -31,6 +33,11 @@ def _local_path(path_or_url):
         return dnnlib.util.open_url(path_or_url, return_filename=True)
     return None
 
+def is_safetensors(path_or_url):
+    """True for `.safetensors` names (paths or URLs): these are loaded without unpickling."""
+    from edmguide.weights import is_safetensors as check
+    return check(path_or_url)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _noted = set()  # files the code-execution note was printed for, in this process
 
@@ -49,6 +56,23 @@ def _note_code_execution(name, local):
         print(f'note: opening {name} runs Python code stored in it (pickles execute code); '
               f'open only files you trust', file=sys.stderr, flush=True)
 
+def _open_download(name, *, cache=True, verbose=False):
+    """Local filename of a path or URL (downloaded into the dnnlib cache); errors are one line."""
+    local = _local_path(name)
+    if local is not None:
+        if not os.path.isfile(local):
+            raise UserError(f'{name}: no such file')
+        return local
+    try:
+        return dnnlib.util.open_url(name, cache=cache, verbose=verbose, return_filename=True)
+    except KeyboardInterrupt:
+        raise
+    except AssertionError as exc:
+        raise UserError(f'{name}: not a valid URL') from exc
+    except Exception as exc:
+        reason = _first_line(exc).split(f'{name}: ', 1)[-1]
+        raise UserError(f'{name}: cannot download it and it is not in the download cache ({reason})') from exc
+
 def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
     """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`).
 
@@ -56,22 +80,13 @@ def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
     repository gets the once-per-file note that opening it runs code from it.
     """
     name = os.fspath(path_or_url)
-    local = _local_path(name)
-    if local is not None and not os.path.isfile(local):
-        raise UserError(f'{name}: no such file')
+    path = _open_download(name, cache=cache, verbose=verbose)
     if note:
-        _note_code_execution(name, local)
+        _note_code_execution(name, _local_path(name))
     try:
-        f = dnnlib.util.open_url(name, cache=cache, verbose=verbose)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        if local is not None:
-            raise UserError(f'{name}: cannot open ({_first_line(exc)})') from exc
-        if isinstance(exc, AssertionError):
-            raise UserError(f'{name}: not a valid URL') from exc
-        reason = _first_line(exc).split(f'{name}: ', 1)[-1]
-        raise UserError(f'{name}: cannot download it and it is not in the download cache ({reason})') from exc
+        f = open(path, 'rb')
+    except OSError as exc:
+        raise UserError(f'{name}: cannot open ({_first_line(exc)})') from exc
     try:
         with f:
             return pickle.load(f)
@@ -87,6 +102,12 @@ def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
         raise UserError(f'{name}: the code in this pickle needs the Python module {exc.name!r}, which is not installed') from exc
     except Exception as exc:
         raise UserError(f'{name}: cannot unpickle ({_first_line(exc)})') from exc
+
+def load_safetensors(path_or_url, *, verbose=False):
+    """`(net, encoder)` from a `.safetensors` file or URL; never unpickles (see edmguide.weights)."""
+    from edmguide import weights
+    name = os.fspath(path_or_url)
+    return weights.load_bytes(weights.read_file(_open_download(name, verbose=verbose), name), name)
 
 #----------------------------------------------------------------------------
 
@@ -107,6 +128,7 @@ def _default_encoder(img_channels):
 def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False):
     """Load a denoiser and its pixel encoder: `(net, encoder)`.
 
+    A `.safetensors` path or URL (see `edmguide.convert`) gives the same result without unpickling.
     The net is `data['ema']` of a training pickle, or the pickle itself when it is a bare module
     (EDM2 toy pickles; these may lack `img_channels` and get no encoder). It is moved to `device`,
     put in eval mode and frozen. Released EDM2 weights stay float16 in memory; the network casts
@@ -115,7 +137,11 @@ def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False)
     `init_encoder`). `encoder` is None when `want_encoder` is False.
     """
     name = os.fspath(path_or_url)
-    data = load_pickle(name, verbose=verbose)
+    if is_safetensors(name):
+        net, encoder = load_safetensors(name, verbose=verbose)
+        data = dict(ema=net, encoder=encoder) if hasattr(net, 'img_channels') else net  # bare like toy pickles
+    else:
+        data = load_pickle(name, verbose=verbose)
     encoder = None
     if isinstance(data, dict):
         if 'ema' not in data or data['ema'] is None:

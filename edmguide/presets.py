@@ -64,16 +64,18 @@ PRESETS = {
 }
 
 # The embedded demo (handwritten digits, trained by this project; see README "Demo results").
+# The networks load from .safetensors conversions of the shipped pickles (no code runs; see
+# edmguide/demo/assets/TRAINING.md); the pickles stay for upstream-compatibility tests.
 # The interval is the paper's EDM2-S FID interval; the grid uses one weight, 2, for every guided row
 # so that guidance is visible (FD-optimal weights from docs/demo-sweep.md are 1.1 to 1.25).
 DEMO_WEIGHT = 2.0
 DEMO_INTERVAL = (15, 21)
 DEMO_FILES = dnnlib.EasyDict(
-    cond=os.path.join(DEMO_DIR, 'digits-cond.pkl'),
-    uncond=os.path.join(DEMO_DIR, 'digits-uncond.pkl'),
-    bad=os.path.join(DEMO_DIR, 'digits-bad.pkl'),
-    features=os.path.join(DEMO_DIR, 'digits-features.pkl'),
-    ref=os.path.join(DEMO_DIR, 'digits-ref.pkl'),
+    cond=os.path.join(DEMO_DIR, 'digits-cond.safetensors'),
+    uncond=os.path.join(DEMO_DIR, 'digits-uncond.safetensors'),
+    bad=os.path.join(DEMO_DIR, 'digits-bad.safetensors'),
+    features=os.path.join(DEMO_DIR, 'digits-features.safetensors'),
+    ref=os.path.join(DEMO_DIR, 'digits-ref.npz'),
 )
 PRESETS['demo'] = dnnlib.EasyDict(net=DEMO_FILES.cond, gnet=DEMO_FILES.uncond, guidance=DEMO_WEIGHT,
                                   guidance_interval=list(DEMO_INTERVAL), metric=None)

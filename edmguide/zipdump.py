@@ -41,7 +41,8 @@ _PART_NAME = re.compile(r'^(\d{6,})\.png$')
 
 def zip_file_name(net_path, seed, num_images, guidance_scale, method):
     """Upstream guidance-interval naming: `<stem>-s<seed>-nimg<N>-g<G:.2f>-<gi|cfg>.zip`."""
-    stem = os.path.basename(str(net_path)).split('.pkl')[0]
+    base = os.path.basename(str(net_path))
+    stem = base[:-len('.safetensors')] if base.lower().endswith('.safetensors') else base.split('.pkl')[0]
     return f'{stem}-s{seed}-nimg{num_images}-g{guidance_scale:.2f}-{method}.zip'
 
 

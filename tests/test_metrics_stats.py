@@ -105,3 +105,35 @@ def test_round_off_is_accepted_and_other_entry_kinds_are_left_alone(tmp_path):
 def test_reference_dim_of_an_entry_without_mu_sigma_is_a_user_error():
     with pytest.raises(UserError, match='no "mu"/"sigma"'):
         stats.reference_dim({'pr': {'features': np.zeros((2, 3))}}, 'pr')
+
+
+def test_npz_destination_is_written_without_pickle_and_reads_back_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    mu, a = rng.normal(size=4), rng.normal(size=(4, 4))
+    sigma = a @ a.T  # a valid covariance: references are validated when loaded
+    ref = stats.make_stats_dict(7, {'fid': (mu, sigma), 'fd_dinov2': (mu[:2], sigma[:2, :2])})
+    ref['fid']['features'] = rng.normal(size=(3, 4)).astype(np.float32)   # any extra array field fits
+    path = tmp_path / 'ref.npz'
+    stats.save_stats(ref, path)
+    with np.load(path, allow_pickle=False) as npz:                        # plain arrays, no objects
+        assert sorted(npz.files) == ['fd_dinov2.mu', 'fd_dinov2.sigma', 'fid.features', 'fid.mu', 'fid.sigma', 'num_images']
+        assert npz['fid.features'].dtype == np.float32 and int(npz['num_images']) == 7
+    back = stats.load_reference(str(path))
+    assert back['num_images'] == 7 and isinstance(back['num_images'], int)
+    assert sorted(back) == ['fd_dinov2', 'fid', 'num_images']
+    for name in ('fid', 'fd_dinov2'):
+        for field in ref[name]:
+            assert back[name][field].dtype == np.asarray(ref[name][field]).dtype
+            np.testing.assert_array_equal(back[name][field], ref[name][field])
+    other = stats.unflatten_stats({'num_images': np.array(3), 'pr.features': np.ones((2, 5))})
+    assert list(other) == ['num_images', 'pr'] and list(other['pr']) == ['features']
+    np.testing.assert_array_equal(other['pr']['features'], np.ones((2, 5)))
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / 'objects.npz'
+    np.savez(path, mu=np.array([{'a': 1}], dtype=object), sigma=np.eye(1))
+    with pytest.raises(UserError, match='cannot read reference'):
+        stats.load_reference(str(path))
+    with pytest.raises(ValueError, match='not a numeric array'):
+        stats.save_stats({'num_images': 1, 'fid': {'mu': [object()], 'sigma': np.eye(1)}}, tmp_path / 'x.npz')
+    assert not (tmp_path / 'x.npz').exists()

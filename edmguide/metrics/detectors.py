@@ -15,7 +15,7 @@ import torch
 import dnnlib
 from edmguide.demo.features import METRIC as DEMO_METRIC
 from edmguide.errors import UserError
-from edmguide.loading import load_pickle
+from edmguide.loading import is_safetensors, load_network, load_pickle
 
 INCEPTION_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/'
                  'files/metrics/inception-2015-12-05.pkl')
@@ -39,12 +39,14 @@ class Detector:
 def _load_pickled_model(url, what):
     """Unpickle a model through the download cache; any failure becomes a one-line UserError."""
     try:
+        if is_safetensors(url): # weights only: rebuilt by this project's class, nothing unpickled
+            return load_network(url, want_encoder=False)[0]
         return load_pickle(url, note=False)  # the program's own choice of detector, not a file the user gave
     except UserError as exc: # network, missing cache, corrupt file: all mean "no detector"
         raise UserError(f'cannot load the {what}: {exc}') from exc
 
 class PickledFeatureNet(Detector):
-    """A pickled feature network called as `model(x_uint8, return_features=True)`.
+    """A pickled (or .safetensors) feature network called as `model(x_uint8, return_features=True)`.
 
     This is how NVIDIA ships the Inception-v3 used for FID (the model resizes internally); the
     same calling convention lets other pickled feature networks (e.g. the demo's) become metrics.

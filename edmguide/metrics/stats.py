@@ -4,9 +4,13 @@ Sums are kept in float64: with 50k images of 2048 features, float32 sums of f^T 
 digits of the covariance, which FID then amplifies. Partial sums from several processes are added
 with an all-reduce, so the result does not depend on how images were split across ranks.
 File format (as upstream EDM2): a pickle of `{'num_images': n, '<metric>': {'mu', 'sigma'}}`, or an
-EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only).
+EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only). A destination ending in `.npz` gets the same
+dict flattened into NumPy arrays without pickle: `num_images` and `<metric>.<field>` for every
+array field (mu, sigma, or whatever else an entry holds). `.npz` files are read with
+`allow_pickle=False` in both layouts.
 """
 
+import io
 import os
 import pickle
 
@@ -74,7 +78,8 @@ def make_stats_dict(num_images, per_metric):
 def load_reference(path_or_url):
     """Read reference statistics from a .pkl or .npz file or URL (through the download cache).
 
-    Returns the stats dict; an EDM v1 `.npz` (arrays 'mu', 'sigma') becomes {'fid': {...}}.
+    Returns the stats dict; an EDM v1 `.npz` (arrays 'mu', 'sigma') becomes {'fid': {...}}, one of
+    ours is unflattened (see `flatten_stats`); `.npz` files are never unpickled.
     Every mu/sigma entry is validated here, before any feature pass (`check_frechet_entry`);
     entries of other kinds are left to the metrics that use them.
     """
@@ -85,7 +90,7 @@ def load_reference(path_or_url):
     try:
         if name.lower().endswith('.npz'):
             with dnnlib.util.open_url(name, verbose=False) as f, np.load(f, allow_pickle=False) as npz:
-                ref = {'fid': {key: npz[key] for key in npz.files}}
+                ref = unflatten_stats({key: npz[key] for key in npz.files})
         else:
             ref = load_pickle(name)  # the one pickle loader (and its note that pickles run code)
     except UserError as exc:
@@ -146,8 +151,42 @@ def reference_dim(ref, name, path='reference'):
     """Feature dimension of metric `name` in `ref`, after checking mu/sigma shapes agree."""
     return _frechet_arrays(ref[name], name, path)[0].shape[0]
 
+def flatten_stats(stats):
+    """{'num_images': n, m: {field: array}} -> flat {'num_images': n, 'm.field': array} (no objects)."""
+    flat = {}
+    for name, value in stats.items():
+        fields = value.items() if isinstance(value, dict) else [(None, value)]
+        for field, array in fields:
+            key = name if field is None else f'{name}.{field}'
+            array = np.asarray(array)
+            if array.dtype == object:
+                raise ValueError(f'statistics entry {key} is not a numeric array')
+            flat[key] = array
+    return flat
+
+def unflatten_stats(arrays):
+    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}."""
+    if not any('.' in key for key in arrays) and {'mu', 'sigma'} <= set(arrays):
+        return {'fid': dict(arrays)}
+    stats = {}
+    for key, array in arrays.items():
+        name, _, field = key.rpartition('.')
+        if name:
+            stats.setdefault(name, {})[field] = array
+        else:
+            stats[key] = array.item() if array.ndim == 0 else array
+    if 'num_images' in stats:
+        stats['num_images'] = int(stats['num_images'])
+    return stats
+
 def save_stats(stats, dest_path):
-    """Pickle a stats dict to `dest_path` atomically (directories are created)."""
-    atomic_write(dest_path, pickle.dumps(stats))
+    """Write a stats dict atomically (directories are created): NumPy `.npz` (no pickle) when
+    `dest_path` ends in .npz, else a pickle as upstream."""
+    if str(dest_path).lower().endswith('.npz'):
+        buffer = io.BytesIO()
+        np.savez(buffer, **flatten_stats(stats))
+        atomic_write(dest_path, buffer.getvalue())
+    else:
+        atomic_write(dest_path, pickle.dumps(stats))
 
 #----------------------------------------------------------------------------
