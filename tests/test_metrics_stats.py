@@ -59,3 +59,20 @@ def test_missing_reference(tmp_path):
 def test_malformed_reference_shapes():
     with pytest.raises(UserError, match='malformed'):
         stats.reference_dim({'fid': {'mu': np.zeros(3), 'sigma': np.eye(4)}}, 'fid')
+
+def test_state_dict_round_trip_continues_the_same_sums():
+    rng = np.random.default_rng(1)
+    feats = torch.from_numpy(rng.normal(size=(20, 4)))
+    whole = stats.FeatureStats()
+    whole.update(feats)
+    first = stats.FeatureStats()
+    first.update(feats[:7])
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    assert isinstance(state['sum'], np.ndarray) and state['num'] == 7
+    resumed = stats.FeatureStats()
+    resumed.load_state_dict(state)
+    resumed.update(feats[7:])
+    assert resumed.num == 20 and torch.equal(resumed.sum, whole.sum) and torch.equal(resumed.outer, whole.outer)
+    empty = stats.FeatureStats()
+    empty.load_state_dict(stats.FeatureStats().state_dict())
+    assert empty.num == 0 and empty.sum is None
