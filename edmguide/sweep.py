@@ -11,7 +11,7 @@ so rerunning the same command continues where it stopped. `sweep_report` writes 
 Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
 `--guidance_interval`), `(lo, hi]` (noise range, as `--guidance_sigma`), and the grid
 `[a0..a1, b0..b1]`: every [a, b] with a0 <= a <= a1, b0 <= b <= b1 and a <= b (either side may be
-a single index, e.g. `[10..20, 22]`). Weights (`parse_weights`): `1.5,2,2.5` or the inclusive range
+a single index, e.g. `[10..20, 22]`, or take a step, e.g. `[9..21:2, 15..27:2]`). Weights (`parse_weights`): `1.5,2,2.5` or the inclusive range
 `start:stop:step`, in decimal arithmetic (1.0:4.0:0.1 is 31 weights 1.0, 1.1, ..., 4.0 exactly).
 """
 
@@ -90,7 +90,8 @@ class Interval:
         return f'({self.sigma[0]:g}, {self.sigma[1]:g}]'
 
 
-_GRID = re.compile(r'^\[\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?,\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?\]$')
+_SPAN = r'\s*(\d+)\s*(?:\.\.\s*(\d+)\s*(?::\s*(\d+)\s*)?)?'
+_GRID = re.compile(r'^\[' + _SPAN + ',' + _SPAN + r'\]$')
 
 
 def parse_intervals(texts, option='--interval'):
@@ -103,12 +104,13 @@ def parse_intervals(texts, option='--interval'):
         elif '..' in stripped:
             m = _GRID.match(stripped)
             if m is None:
-                raise UserError(f'{option} {text!r}: a grid is written "[a0..a1, b0..b1]"')
-            a0, a1, b0, b1 = (int(v) if v is not None else None for v in m.groups())
+                raise UserError(f'{option} {text!r}: a grid is written "[a0..a1, b0..b1]" (optional steps: "a0..a1:2")')
+            a0, a1, a_step, b0, b1, b_step = (int(v) if v is not None else None for v in m.groups())
             a1, b1 = a0 if a1 is None else a1, b0 if b1 is None else b1
-            if a0 > a1 or b0 > b1:
-                raise UserError(f'{option} {text!r}: each range must run from low to high')
-            found = [Interval('steps', (a, b), grid=stripped) for a in range(a0, a1 + 1) for b in range(b0, b1 + 1) if a <= b]
+            if a0 > a1 or b0 > b1 or a_step == 0 or b_step == 0:
+                raise UserError(f'{option} {text!r}: each range must run from low to high with a positive step')
+            found = [Interval('steps', (a, b), grid=stripped) for a in range(a0, a1 + 1, a_step or 1)
+                     for b in range(b0, b1 + 1, b_step or 1) if a <= b]
             if not found:
                 raise UserError(f'{option} {text!r}: the grid has no interval with start <= stop')
         elif stripped.startswith('['):

@@ -48,7 +48,8 @@ def test_interval_forms_and_grid_expansion():
     assert [i.steps for i in grid] == [(10, 11), (10, 12), (10, 13), (11, 11), (11, 12), (11, 13), (12, 12), (12, 13)]
     assert {i.grid for i in grid} == {'[10..12, 11..13]'}
     assert [i.steps for i in sweep.parse_intervals(['[3..4, 5]'])] == [(3, 5), (4, 5)]
-    for bad in ('[5..3, 6]', '[9..9, 1..2]', 'some', '[1..2]', 'None'):
+    assert [i.steps for i in sweep.parse_intervals(['[1..5:2, 4..6:2]'])] == [(1, 4), (1, 6), (3, 4), (3, 6), (5, 6)]
+    for bad in ('[5..3, 6]', '[9..9, 1..2]', 'some', '[1..2]', 'None', '[1..3:0, 4]'):
         with pytest.raises(UserError, match='--interval'):
             sweep.parse_intervals([bad])
 
