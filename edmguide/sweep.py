@@ -1,6 +1,7 @@
 """Guidance sweeps: metrics of many (guiding net, weight, interval) settings over the same seeds.
 
-The settings are the product of weights and intervals (w = 1, no guidance, once). For each batch of
+The settings are the product of weights and intervals (w = 1, no guidance, once if it is among
+the weights). For each batch of
 seeds all settings are sampled together by `generation.generate_setting_batches`, so the steps that
 settings share (everything before the first step where their weights differ) are computed once,
 and every setting's images are bit-identical to what `calculate_metrics.py gen` computes for it
@@ -139,8 +140,8 @@ class Setting:
 
 
 def expand_settings(weights, intervals, guides):
-    """weights x intervals x guides, with w = 1 (no guidance) once, first."""
-    settings = [Setting(None, 1.0)]
+    """weights x intervals x guides; w = 1 (no guidance), if among the weights, once and first."""
+    settings = [Setting(None, 1.0)] if 1 in weights else []
     for guide in guides:
         for interval in intervals:
             settings += [Setting(guide, w, interval) for w in weights if w != 1]

@@ -45,7 +45,7 @@ def _run(job):
 
 @click.command()
 @click.option('--num', 'num_images', type=click.IntRange(min=2), default=500, show_default=True, help='Images per setting (weight sweeps)')
-@click.option('--weights', default='1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights (list or start:stop:step)')
+@click.option('--weights', default='1,1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights (list or start:stop:step; 1 = no guidance)')
 @click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval curves')
 @click.option('--grid', default='[9..21:2, 15..27:2]', show_default=True, help='Intervals of the heatmap')
 @click.option('--grid_weight', type=float, default=2.0, show_default=True, help='Weight of the heatmap (CFG guide)')
@@ -64,7 +64,7 @@ def main(num_images, weights, interval, grid, grid_weight, grid_num, batch, jobs
         curves = ['all', interval]
         job_list = [dnnlib.EasyDict(guide='uncond', weights=weight_list, intervals=curves, num=num_images),
                     dnnlib.EasyDict(guide='bad', weights=weight_list, intervals=curves, num=num_images),
-                    dnnlib.EasyDict(guide='uncond', weights=[grid_weight], intervals=[grid], num=grid_num)]
+                    dnnlib.EasyDict(guide='uncond', weights=[1.0, grid_weight], intervals=[grid], num=grid_num)]
         for name, job in zip(('cfg', 'autoguidance', 'heatmap'), job_list):
             job.update(batch=batch, outdir=os.path.join(workdir, name))
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:

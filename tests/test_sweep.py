@@ -56,9 +56,10 @@ def test_interval_forms_and_grid_expansion():
 
 def test_unguided_setting_appears_once():
     intervals = sweep.parse_intervals(['all', '[1, 2]'])
-    settings = sweep.expand_settings([1.0, 2.0, 3.0], intervals, ['g'])
+    settings = sweep.expand_settings([2.0, 1.0, 3.0], intervals, ['g'])
     assert settings[0] == sweep.Setting(None, 1.0) and len(settings) == 1 + 2 * 2
     assert all(s.weight != 1 for s in settings[1:])
+    assert len(sweep.expand_settings([2.0, 3.0], intervals, ['g'])) == 2 * 2
 
 #----------------------------------------------------------------------------
 # Same images and values as separate runs.
