@@ -128,3 +128,29 @@ def test_interrupted_sweep_resumes_to_the_same_result_and_other_settings_are_ref
     refused = run_sweep_cli(tmp_path / 'cut', '--guidance', '3', '--interval', '[1, 3]')
     assert refused.exit_code == 1 and refused.stderr.count('\n') == 1
     assert refused.stderr.startswith('error: ') and 'other settings (settings)' in refused.stderr
+
+#----------------------------------------------------------------------------
+# torchrun (two gloo processes).
+
+def _rank_worker(rank, world_size, port, outdir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    from torch_utils import distributed as dist
+    torch.set_num_threads(1)
+    if torch.cuda.is_available():
+        torch.distributed.init_process_group(backend='gloo', init_method='env://')
+    dist.init()
+    sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], outdir, gnet_path=FILES.uncond, num_images=6,
+                        max_batch_size=2, device='cpu', progress=False, num_steps=6)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_give_the_single_process_result(tmp_path):
+    from test_distributed import _free_port
+    torch.multiprocessing.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path / 'two')), nprocs=2, join=True)
+    sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], str(tmp_path / 'one'), gnet_path=FILES.uncond,
+                        num_images=6, max_batch_size=2, device='cpu', progress=False, num_steps=6)
+    two, one = read_jsonl(tmp_path / 'two' / 'sweep.jsonl'), read_jsonl(tmp_path / 'one' / 'sweep.jsonl')
+    assert sorted(os.listdir(tmp_path / 'two')).count('checkpoint-rank1.pkl') == 1
+    assert len(two) == len(one) == 1 and two[0]['num_images'] == 6
+    assert two[0]['fd_digits'] == pytest.approx(one[0]['fd_digits'], rel=1e-9)
