@@ -209,7 +209,7 @@ def _check_outdir(outdir, record):
 
 def setting_schedules(net, settings, *, mode, device, **sampler_kwargs):
     """(GuidanceSchedule per setting, the sampler's schedule tensor)."""
-    schedules = []
+    schedules, noted = [], set()
     for s in settings:
         if s.interval is None or s.weight == 1:
             schedules.append(build_guidance(None))
@@ -217,7 +217,8 @@ def setting_schedules(net, settings, *, mode, device, **sampler_kwargs):
             schedules.append(build_guidance(s.weight))
         else:
             schedules.append(build_guidance(s.weight, s.interval.steps, s.interval.sigma, net=net, mode=mode,
-                                            device=device, note=False, **sampler_kwargs))
+                                            device=device, note=s.interval not in noted, **sampler_kwargs))
+            noted.add(s.interval)  # a note on a paper-rounded noise range once per interval, not per weight
     schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
     return schedules, sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
 
@@ -354,7 +355,7 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
     net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
     guide = os.path.basename(gnet_path).split('.pkl')[0] if guided else None
     settings = expand_settings(weights, intervals, [guide] if guided else [])
-    record = dict(net=net_path, gnet=gnet_path if guided else None, ref=ref_path, device=str(device))
+    record = dict(net=net_path, gnet=gnet_path if guided else None, ref=ref_path, device=device.type)  # type: ranks differ in index
     records, summary = run_sweep(net, encoder, settings, guides={guide: gnet}, ref=ref, ref_path=ref_path,
                                  metrics=metrics, outdir=outdir, num_images=num_images, seed=seed,
                                  max_batch_size=max_batch_size, class_idx=class_idx, mode=mode, device=device,
