@@ -128,10 +128,12 @@ def heatmaps(records, metric, *, title=None):
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(1.2 + 0.42 * len(starts), 1.0 + 0.36 * len(stops)))
         image = ax.imshow(np.ma.masked_invalid(values), origin='lower', cmap='viridis_r', aspect='auto')
+        middle = (np.nanmin(values) + np.nanmax(values)) / 2
         for y in range(len(stops)):
             for x in range(len(starts)):
-                if np.isfinite(values[y, x]):
-                    ax.text(x, y, f'{values[y, x]:.3g}', ha='center', va='center', fontsize=6, color='white')
+                if np.isfinite(values[y, x]):  # dark text on the light (low) end of viridis_r
+                    ax.text(x, y, f'{values[y, x]:.3g}', ha='center', va='center', fontsize=6,
+                            color='black' if values[y, x] < middle else 'white')
         bx, by = starts.index(best['interval'][0]), stops.index(best['interval'][1])
         ax.add_patch(plt.Rectangle((bx - 0.5, by - 0.5), 1, 1, fill=False, edgecolor='red', linewidth=2))
         ax.set_xticks(range(len(starts)), [str(s) for s in starts], fontsize=7)
