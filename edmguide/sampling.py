@@ -1,8 +1,9 @@
 """Heun sampler for the EDM probability-flow ODE (Karras et al. 2022, Alg. 2) with guidance.
 
 Small pieces: `noise_levels` builds the schedule, `sampler_sigmas` adds what one upstream mode
-does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample` loops
-over the schedule it is given, asking a `GuidanceSchedule` for w at every step.
+does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample_tree` loops
+over the schedule it is given, asking each branch's `GuidanceSchedule` for w at every step and
+computing the steps that branches share once; `sample` is its one-branch case.
 
 Two modes reproduce the two upstream samplers bit for bit (see the compatibility spec):
 - 'edm2' (NVlabs/edm2): float32 throughout, schedule used as is, main net called before the guide;
@@ -147,7 +148,8 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
     than separate runs. Where the tree branches with churn active, `randn_like` must be the bound
     method of an object with `get_state()`/`set_state()` (`seeds.StackedRandomGenerator`): its state
     is saved at each branch point and restored for every child, which keeps the results identical.
-    Any other noise source is refused there with a UserError.
+    Any other noise source is refused there with a UserError. `progress` is `sample`'s per-step
+    callback, called for every step computed.
     """
     _check_mode(mode)
     dtype = dtype or _MODE_DTYPE[mode]
