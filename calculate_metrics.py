@@ -9,6 +9,8 @@ EDM2 form (subcommands):
     python calculate_metrics.py calc --images=DIR_OR_ZIP --ref=REF.pkl [--metrics=fid,fd_dinov2]
     python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl   (or REF.npz: no pickle)
     python calculate_metrics.py gen  --net=NET.pkl [--gnet=G.pkl --guidance=2 --guidance_interval="[17, 22]"] --ref=REF.pkl
+    python calculate_metrics.py sweep --net=NET.pkl --gnet=G.pkl --ref=REF.pkl --guidance=1.0:4.0:0.1 \
+        --interval=all --interval="[17, 22]" --outdir=sweeps/xxl
 
 References are upstream stats pickles or .npz files (EDM v1's or ours; paths or URLs). Detectors come from
 the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
@@ -20,10 +22,13 @@ import click
 
 from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
 from edmguide.errors import run_cli
+from edmguide import sweep as sweep_lib
 from edmguide.metrics import detectors, pipeline
 from torch_utils import distributed as dist
 
-SUBCOMMANDS = ('calc', 'gen', 'ref')
+SUBCOMMANDS = ('calc', 'gen', 'ref', 'sweep')
+SWEEP_EPILOG = ('Writes sweep.jsonl, sweep.md and PNG plots to --outdir; rerunning the same command resumes '
+                'from the checkpoints there.')
 
 #----------------------------------------------------------------------------
 # Shared helpers.
@@ -99,21 +104,29 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
+def generation_options(func):
+    """The options `gen` and `sweep` share (the networks, reference, seeds, sampler and device)."""
+    options = [
+        click.option('--net', 'net_path', help='Main network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, required=True),
+        click.option('--gnet', 'gnet_path', help='Guiding network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
+        click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True),
+        click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None),
+        click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True),
+        click.option('--metrics', help=metrics_help, type=str, default=None),
+        click.option('--num', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
+        click.option('--seed', help='First random seed', type=int, default=0, show_default=True),
+        click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True),
+    ]
+    func = sampler_options(device_option(func))
+    for option in reversed(options):
+        func = option(func)
+    return func
+
 @edm2_cli.command(epilog=PICKLE_NOTE)
-@click.option('--net', 'net_path', help='Main network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, required=True)
-@click.option('--gnet', 'gnet_path', help='Guiding network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, default=None)
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
 @click.option('--guidance_sigma', help='Guide only noise levels in (lo, hi], e.g. "0.28,2.9"', type=str, default=None)
-@click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True)
-@click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None)
-@click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
-@click.option('--metrics', help=metrics_help, type=str, default=None)
-@click.option('--num', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True)
-@click.option('--seed', help='First random seed', type=int, default=0, show_default=True)
-@click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
-@sampler_options
-@device_option
+@generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
         num_images, seed, device, **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
@@ -124,6 +137,19 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
             guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
             device=device, **kwargs)
     print_results(run_cli(job))
+
+@edm2_cli.command(epilog=PICKLE_NOTE + ' ' + SWEEP_EPILOG)
+@click.option('--guidance', 'weights', help='Weights: "1.5,2,2.5" or inclusive "start:stop:step"', type=str, required=True)
+@click.option('--interval', 'intervals', help='Where to guide (repeatable): all, "[a, b]" steps, "(lo, hi]" noise levels, '
+              'or the grid "[a0..a1, b0..b1]"  [default: all]', type=str, multiple=True)
+@click.option('--outdir', help='Output folder (results, plots, checkpoints)', type=str, required=True)
+@click.option('--checkpoint_every', help='Checkpoint the statistics every N batches', type=click.IntRange(min=1), default=8, show_default=True)
+@generation_options
+def sweep(**kwargs):
+    """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
+    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')), **kwargs))
+    if dist.get_rank() == 0:
+        print('\n'.join(lines))
 
 #----------------------------------------------------------------------------
 

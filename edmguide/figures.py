@@ -13,7 +13,7 @@ import numpy as np
 
 import dnnlib
 from edmguide import images as imagelib
-from edmguide.generation import build_guidance, generate_batches
+from edmguide.generation import build_guidance, generate_batches, generate_setting_batches
 from edmguide.guidance import method_tag
 from edmguide.seeds import gi_seeds
 
@@ -108,15 +108,15 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
 
 def comparison_tiles(methods, net, encoder, column_classes, column_seeds, *, device='cpu', mode='edm2'):
     """Rows of HWC uint8 tiles: one row per method (label, guiding net, GuidanceSchedule), one tile per
-    column (class, seed). Every row uses the same seeds, so the rows differ only by guidance."""
-    rows = []
-    for _label, gnet, guidance in methods:
-        tiles = []
-        for batch in generate_batches(net, encoder, column_seeds, gnet=gnet, guidance=guidance, class_idx=column_classes,
-                                      max_batch_size=len(column_seeds), device=device, rank=0, world_size=1, mode=mode,
-                                      sync=False):
-            tiles += [imagelib.to_hwc_uint8(img) for img in batch.images]
-        rows.append(tiles)
+    column (class, seed). Every row uses the same seeds, so the rows differ only by guidance; all rows
+    are sampled together (`generate_setting_batches`), sharing the steps where their weights agree."""
+    rows = [[] for _ in methods]
+    branches = [(gnet, guidance) for _label, gnet, guidance in methods]
+    for batch in generate_setting_batches(net, encoder, column_seeds, branches, class_idx=column_classes,
+                                          max_batch_size=len(column_seeds), device=device, rank=0, world_size=1,
+                                          mode=mode, sync=False):
+        for row, images in zip(rows, batch.images):
+            row += [imagelib.to_hwc_uint8(img) for img in images]
     return rows
 
 

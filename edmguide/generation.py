@@ -38,37 +38,64 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
     sampler whose arithmetic is reproduced ('edm2' or 'gi') and how class labels are drawn (see
     `seeds.draw_noise_and_labels`).
     """
-    seeds = seedlib.as_seed_sequence(seeds)  # ranges stay lazy: a billion seeds start at once
+    for batch in generate_setting_batches(net, encoder, seeds, [(gnet, guidance)], class_idx=class_idx,
+                                          max_batch_size=max_batch_size, device=device, rank=rank,
+                                          world_size=world_size, mode=mode, sync=sync, batches=batches,
+                                          **sampler_kwargs):
+        batch.images, batch.latents = batch.images[0], batch.latents[0]
+        yield batch
+
+
+def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, max_batch_size=32,
+                             device=torch.device('cpu'), rank=None, world_size=None, mode='edm2', sync=True,
+                             batches=None, **sampler_kwargs):
+    """`generate_batches` for several guidance settings of the same seeds at once.
+
+    `branches`: list of (gnet, guidance) pairs. Per batch, one EasyDict with `images` and `latents`
+    (lists, one entry per branch, each identical to what `generate_batches` yields for that
+    setting with the same seeds and batching), `labels`, `noise`, `seeds`, `indices`, `batch_idx`,
+    `num_batches`, `counter` (evaluations made, shared prefixes computed once: `sampling.sample_tree`)
+    and `timing`.
+    """
     sampling.check_sampler_kwargs(sampler_kwargs)
+    branches = [(gnet, sampling.as_schedule(guidance)) for gnet, guidance in branches]
+    for batch in _seed_batches(net, seeds, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
+                               rank=rank, world_size=world_size, mode=mode, sync=sync, batches=batches):
+        counter = sampling.EvalCounter()
+        with torch.no_grad():
+            latents = sampling.sample_tree(net, batch.noise, batch.labels, branches, mode=mode,
+                                           randn_like=batch.rng.randn_like, counter=counter, **sampler_kwargs)
+            _synchronize(device)
+            t1 = time.perf_counter()
+            for lat in latents:
+                _check_finite(lat, batch.seeds)
+            images = [encoder.decode(lat) for lat in latents]
+            _synchronize(device)
+        t2 = time.perf_counter()
+        yield dnnlib.EasyDict(images=images, latents=latents, labels=batch.labels, noise=batch.noise,
+                              seeds=batch.seeds, indices=batch.indices, batch_idx=batch.batch_idx,
+                              num_batches=batch.num_batches, counter=counter,
+                              timing=dnnlib.EasyDict(sampling=t1 - batch.t0, decoding=t2 - t1))
+
+
+def _seed_batches(net, seeds, *, class_idx, max_batch_size, device, rank, world_size, mode, sync, batches):
+    """This rank's batches of seeds with their per-seed generators, initial noise and labels (the part
+    of generation that does not depend on guidance). The barrier after a batch (upstream EDM2's)
+    happens when the consumer asks for the next one."""
+    seeds = seedlib.as_seed_sequence(seeds)  # ranges stay lazy: a billion seeds start at once
     rank = dist.get_rank() if rank is None else rank
     world_size = dist.get_world_size() if world_size is None else world_size
-    guidance = sampling.as_schedule(guidance)
     if batches is None:
         batches = seedlib.rank_batches(len(seeds), max_batch_size, world_size, rank)
     for batch_idx, indices in enumerate(batches):
-        if len(indices) == 0:
-            if sync and world_size > 1:
-                dist.barrier()
-            continue
-        batch_seeds = [int(seeds[i]) for i in indices]
-        t0 = time.perf_counter()
-        rng = seedlib.StackedRandomGenerator(device, batch_seeds)
-        batch_classes = class_idx if class_idx is None or np.ndim(class_idx) == 0 else [class_idx[i] for i in indices]
-        noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=batch_classes, mode=mode)
-        counter = sampling.EvalCounter()
-        with torch.no_grad():
-            latents = sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode,
-                                      randn_like=rng.randn_like, counter=counter, **sampler_kwargs)
-            _synchronize(device)
-            t1 = time.perf_counter()
-            _check_finite(latents, batch_seeds)
-            images = encoder.decode(latents)
-            _synchronize(device)
-        t2 = time.perf_counter()
-        yield dnnlib.EasyDict(images=images, latents=latents, labels=labels, noise=noise,
-                              seeds=batch_seeds, indices=list(indices), batch_idx=batch_idx,
-                              num_batches=len(batches), counter=counter,
-                              timing=dnnlib.EasyDict(sampling=t1 - t0, decoding=t2 - t1))
+        if len(indices) != 0:
+            batch_seeds = [int(seeds[i]) for i in indices]
+            t0 = time.perf_counter()
+            rng = seedlib.StackedRandomGenerator(device, batch_seeds)
+            batch_classes = class_idx if class_idx is None or np.ndim(class_idx) == 0 else [class_idx[i] for i in indices]
+            noise, labels = seedlib.draw_noise_and_labels(rng, net, class_idx=batch_classes, mode=mode)
+            yield dnnlib.EasyDict(rng=rng, noise=noise, labels=labels, seeds=batch_seeds, indices=list(indices),
+                                  batch_idx=batch_idx, num_batches=len(batches), t0=t0)
         if sync and world_size > 1:
             dist.barrier()
 

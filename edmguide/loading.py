@@ -103,6 +103,11 @@ def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
     except Exception as exc:
         raise UserError(f'{name}: cannot unpickle ({_first_line(exc)})') from exc
 
+def network_stem(path_or_url):
+    """A network file's name without its folder and .pkl/.safetensors suffix (for output names)."""
+    base = os.path.basename(os.fspath(path_or_url))
+    return base[:-len('.safetensors')] if base.lower().endswith('.safetensors') else base.split('.pkl')[0]
+
 def load_safetensors(path_or_url, *, verbose=False):
     """`(net, encoder)` from a `.safetensors` file or URL; never unpickles (see edmguide.weights)."""
     from edmguide import weights

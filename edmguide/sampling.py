@@ -1,8 +1,9 @@
 """Heun sampler for the EDM probability-flow ODE (Karras et al. 2022, Alg. 2) with guidance.
 
 Small pieces: `noise_levels` builds the schedule, `sampler_sigmas` adds what one upstream mode
-does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample` loops
-over the schedule it is given, asking a `GuidanceSchedule` for w at every step.
+does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample_tree` loops
+over the schedule it is given, asking each branch's `GuidanceSchedule` for w at every step and
+computing the steps that branches share once; `sample` is its one-branch case.
 
 Two modes reproduce the two upstream samplers bit for bit (see the compatibility spec):
 - 'edm2' (NVlabs/edm2): float32 throughout, schedule used as is, main net called before the guide;
@@ -174,33 +175,141 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
                 with S_churn > 0 and S_min <= t_i <= S_max.
     counter:    EvalCounter to add this call's evaluations to.
     progress:   callable receiving a dict (i, num_steps, sigma, sigma_hat, sigma_next, w, x) per step.
+
+    This is `sample_tree` with one branch.
+    """
+    return sample_tree(net, noise, labels, [(gnet, guidance)], sigmas=sigmas, num_steps=num_steps,
+                       sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, mode=mode, dtype=dtype,
+                       out_dtype=out_dtype, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+                       randn_like=randn_like, counter=counter, progress=progress)[0]
+
+
+def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dtype=None, sigmas=None,
+                num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'),
+                S_noise=1, randn_like=torch.randn_like, counter=None, progress=None):
+    """`sample` for several guidance settings of the same noise and labels at once.
+
+    `branches`: list of (gnet, guidance) pairs, guidance as `sample` takes it. Returns one output per
+    branch, each bit-identical to `sample(net, noise, labels, gnet=gnet, guidance=guidance, ...)` with
+    the same options. Branches whose per-step (guiding net, weight) sequences agree up to some step
+    compute those steps once: the branches form a tree (`step_keys`) that is walked depth first, so
+    at most one state per tree level is alive. `counter` receives the evaluations actually made;
+    `tree_evaluations` gives them, and those of separate runs, without sampling.
+
+    Churn draws random numbers, so branches that split after a churn step would see different noise
+    than separate runs. Where the tree branches with churn active, `randn_like` must be the bound
+    method of an object with `get_state()`/`set_state()` (`seeds.StackedRandomGenerator`): its state
+    is saved at each branch point and restored for every child, which keeps the results identical.
+    Any other noise source is refused there with a UserError. `progress` is `sample`'s per-step
+    callback, called for every step computed.
     """
     _check_mode(mode)
     dtype = dtype or _MODE_DTYPE[mode]
     check_sampler_options(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, dtype=dtype)
     out_dtype = out_dtype or (dtype if mode == 'edm2' else torch.float32)
-    guidance = as_schedule(guidance)
     counter = counter if counter is not None else EvalCounter()
-    if guidance.is_active and gnet is None:
-        raise UserError(f'guidance ({guidance}) needs a guiding network (gnet)')
+    if not branches:
+        raise ValueError('sample_tree needs at least one branch')
     if sigmas is None:
         sigmas = sampler_sigmas(net, mode, num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=noise.device)
     sigmas = sigmas.to(dtype=dtype, device=noise.device)
     steps = len(sigmas) - 1
     if steps < 1 or sigmas[-1] != 0:
         raise UserError('noise schedule must have at least two levels and end with 0')
-
-    weights = guidance.step_weights(sigmas)  # decided on the host once, not with a sync per step
+    keys = step_keys(branches, sigmas)  # weights decided on the host once, not with a sync per step
     round_sigma = (lambda t: _round_sigma(net, t)) if mode == 'gi' else None
-    x = noise.to(dtype) * sigmas[0]
-    for i, (t_cur, t_next, w) in enumerate(zip(sigmas[:-1], sigmas[1:], weights)):
+    levels = list(zip(sigmas[:-1], sigmas[1:]))
+    churn_steps = [bool(S_churn > 0 and S_min <= t_cur <= S_max) for t_cur, _ in levels]
+    rng_state = _rng_state_access(randn_like) if any(churn_steps) and len(set(keys)) > 1 else None
+    outputs = [None] * len(branches)
+
+    def step(x, i, key):
+        gnet, w = branches_by_id[key[1]], key[0]
         denoise = guided_denoiser(net, gnet, labels, w, mode=mode, dtype=dtype, counter=counter)
+        t_cur, t_next = levels[i]
         x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=round_sigma)
         x = _heun_step(denoise, x_hat, t_hat, t_next, correct=(i < steps - 1))
         if progress is not None:
             progress(dict(i=i, num_steps=steps, sigma=float(t_cur), sigma_hat=float(t_hat),
                           sigma_next=float(t_next), w=w, x=x))
-    return x.to(out_dtype)
+        return x
+
+    branches_by_id = {None: None}
+    for gnet, _guidance in branches:
+        branches_by_id[id(gnet)] = gnet
+
+    # Depth first: follow the group of branches step by step; where it splits, keep the state (and
+    # the generators' state, if churn draws) for the later children while the first one runs.
+    pending = [(noise.to(dtype) * sigmas[0], 0, list(range(len(branches))), None)]
+    while pending:
+        x, i, members, state = pending.pop()
+        if state is not None:
+            rng_state.set(state)
+        while i < steps:
+            groups = {}
+            for b in members:
+                groups.setdefault(keys[b][i], []).append(b)
+            if len(groups) > 1:
+                if rng_state is None and any(churn_steps[i:]):
+                    raise UserError('sampling branches that differ on churn steps needs per-seed generators '
+                                    'whose state can be saved (seeds.StackedRandomGenerator.randn_like)')
+                state = rng_state.get() if rng_state is not None else None
+                later = list(groups.items())[1:]
+                for key, group in reversed(later):
+                    pending.append((x, i, group, state))  # resumed at step i with this group's key
+                key, members = next(iter(groups.items()))
+            else:
+                (key, members), = groups.items()
+            x = step(x, i, key)
+            i += 1
+        for b in members:
+            outputs[b] = x.to(out_dtype)
+    return outputs
+
+
+def step_keys(branches, sigmas):
+    """Per branch, the tuple of per-step keys (w, id of the guiding net or None where w == 1).
+
+    Two branches compute the same state up to step i exactly when their keys agree on steps 0..i.
+    Also checks that every guided branch has a guiding net.
+    """
+    keys = []
+    for gnet, guidance in branches:
+        guidance = as_schedule(guidance)
+        if guidance.is_active and gnet is None:
+            raise UserError(f'guidance ({guidance}) needs a guiding network (gnet)')
+        keys.append(tuple((float(w), None if w == 1 else id(gnet)) for w in guidance.step_weights(sigmas)))
+    return keys
+
+
+def tree_evaluations(keys):
+    """(evaluations made by the tree, evaluations of separate runs) per image, as EvalCounters.
+
+    `keys` from `step_keys`. Each step costs one evaluation of each net it uses, two unless it is the
+    last step (whose target noise level is 0 and which has no correction).
+    """
+    made, separate = EvalCounter(), EvalCounter()
+    steps = len(keys[0]) if keys else 0
+    for i in range(steps):
+        cost = 2 if i < steps - 1 else 1
+        nodes = {k[:i + 1] for k in keys}
+        for node_set, counter in ((nodes, made), ([k[:i + 1] for k in keys], separate)):
+            for node in node_set:
+                counter.net += cost
+                counter.gnet += cost if node[-1][1] is not None else 0
+    return made, separate
+
+
+class _RngStateAccess:
+    def __init__(self, owner):
+        self.get, self.set = owner.get_state, owner.set_state
+
+
+def _rng_state_access(randn_like):
+    owner = getattr(randn_like, '__self__', None)
+    if owner is not None and hasattr(owner, 'get_state') and hasattr(owner, 'set_state'):
+        return _RngStateAccess(owner)
+    return None
 
 
 def _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=None):

@@ -46,6 +46,14 @@ class StackedRandomGenerator:
         size = self._check(size)
         return torch.stack([torch.randint(*args, size=size[1:], generator=g, **kwargs) for g in self.generators])
 
+    def get_state(self):
+        """Every generator's state (for `set_state`), e.g. to replay the same draws for another branch."""
+        return [g.get_state() for g in self.generators]
+
+    def set_state(self, state):
+        for g, s in zip(self.generators, state):
+            g.set_state(s)
+
 
 def draw_noise_and_labels(rng, net, class_idx=None, mode='edm2'):
     """Initial noise [B, C, R, R] (float32), then one-hot labels [B, label_dim] or None.

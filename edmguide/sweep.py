@@ -1,47 +1,386 @@
-"""Guidance sweeps: a Fréchet distance for each (method, weight), measured on the fly.
+"""Guidance sweeps: metrics of many (guiding net, weight, interval) settings over the same seeds.
 
-Used for the demo's results table in README, and usable with any networks and registered metric.
-Every setting samples the same seeds, so differences between rows come from guidance alone.
+The settings are the product of weights and intervals (w = 1, no guidance, once if it is among
+the weights). For each batch of
+seeds all settings are sampled together by `generation.generate_setting_batches`, so the steps that
+settings share (everything before the first step where their weights differ) are computed once,
+and every setting's images are bit-identical to what `calculate_metrics.py gen` computes for it
+with the same seeds and batch size. Each setting's statistics accumulate in the accumulators of
+`metrics.accumulators`; they are checkpointed atomically in the output folder every few batches,
+so rerunning the same command continues where it stopped. `sweep_report` writes the results.
+
+Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
+`--guidance_interval`), `(lo, hi]` (noise range, as `--guidance_sigma`), and the grid
+`[a0..a1, b0..b1]`: every [a, b] with a0 <= a <= a1, b0 <= b <= b1 and a <= b (either side may be
+a single index, e.g. `[10..20, 22]`, or take a step, e.g. `[9..21:2, 15..27:2]`). Weights (`parse_weights`): `1.5,2,2.5` or the inclusive range
+`start:stop:step`, in decimal arithmetic (1.0:4.0:0.1 is 31 weights 1.0, 1.1, ..., 4.0 exactly).
 """
 
+import dataclasses
+import decimal
+import json
+import math
+import os
+import pickle
+import re
+
+import torch
+import tqdm
+
 import dnnlib
-from edmguide.generation import build_guidance, generate_batches
-from edmguide.metrics import pipeline, stats as stats_lib
+from edmguide import images as imagelib, loading, sampling, seeds as seedlib, sweep_report
+from edmguide.errors import UserError
+from edmguide.generation import build_guidance, generate_setting_batches, pick_device
+from edmguide.guidance import parse_interval, parse_sigma_range
+from edmguide.metrics import accumulators, pipeline, stats as stats_lib
+from torch_utils import distributed as dist
+
+SETTINGS_FILE = 'sweep-settings.json'
+
+#----------------------------------------------------------------------------
+# Parsing weights and intervals.
+
+def parse_weights(text, option='--guidance'):
+    """'1.5,2,2.5' or 'start:stop:step' (inclusive) -> floats as written (decimal arithmetic), unique, in order."""
+    def number(part):
+        try:
+            value = decimal.Decimal(part.strip())
+        except decimal.InvalidOperation:
+            raise UserError(f'{option} {text!r}: {part.strip()!r} is not a number') from None
+        if not value.is_finite():
+            raise UserError(f'{option} {text!r}: weights must be finite')
+        return value
+    text = str(text)
+    if ':' in text:
+        parts = text.split(':')
+        if len(parts) != 3:
+            raise UserError(f'{option} {text!r}: a range is written start:stop:step')
+        start, stop, step = (number(p) for p in parts)
+        if step <= 0 or stop < start:
+            raise UserError(f'{option} {text!r}: need step > 0 and start <= stop')
+        count = int((stop - start) / step) + 1
+        if count > 10000:
+            raise UserError(f'{option} {text!r}: {count} weights is too many')
+        values = [start + k * step for k in range(count)]
+    else:
+        values = [number(p) for p in text.split(',') if p.strip()]
+        if not values:
+            raise UserError(f'{option} {text!r}: no weights given')
+    out = []
+    for value in values:
+        if float(value) not in out:
+            out.append(float(value))
+    return out
 
 
-def measure(net, encoder, ref_path, metric, *, gnet=None, weight=1.0, interval=None, num_images=1000, seed=0,
-            batch_size=250, device='cpu', mode='edm2', ref=None):
-    """Fréchet distance of `num_images` images (seeds seed..) generated with one guidance setting."""
-    guidance = build_guidance(weight, interval=interval, net=net, mode=mode, device=device)
-    batches = generate_batches(net, encoder, range(seed, seed + num_images), gnet=gnet, guidance=guidance,
-                               max_batch_size=batch_size, device=device, rank=0, world_size=1, mode=mode, sync=False)
-    return pipeline.calc_metrics_for_generator(batches, num_images, ref_path, [metric], ref=ref, device=device,
-                                               progress=False)[metric]
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Where guidance applies: kind 'all', 'steps' ((a, b) inclusive) or 'sigma' ((lo, hi]); `grid`
+    names the grid it was expanded from (heatmaps are drawn per grid)."""
+    kind: str
+    steps: tuple = None
+    sigma: tuple = None
+    grid: str = None
+
+    @property
+    def label(self):
+        if self.kind == 'all':
+            return 'all'
+        if self.kind == 'steps':
+            return f'[{self.steps[0]}, {self.steps[1]}]'
+        return f'({self.sigma[0]:g}, {self.sigma[1]:g}]'
 
 
-def sweep(net, encoder, ref_path, metric, methods, *, log=print, **kwargs):
-    """`methods`: list of (label, guiding net or None, interval or None, weights). Returns result rows.
+_SPAN = r'\s*(\d+)\s*(?:\.\.\s*(\d+)\s*(?::\s*(\d+)\s*)?)?'
+_GRID = re.compile(r'^\[' + _SPAN + ',' + _SPAN + r'\]$')
 
-    Each row: EasyDict(label, guided, interval, results={w: fd}, best_weight, best).
+
+def parse_intervals(texts, option='--interval'):
+    """`--interval` values -> list of Interval (grids expanded, duplicates dropped)."""
+    out = []
+    for text in texts:
+        stripped = text.strip()
+        if stripped.lower() == 'all':
+            found = [Interval('all')]
+        elif '..' in stripped:
+            m = _GRID.match(stripped)
+            if m is None:
+                raise UserError(f'{option} {text!r}: a grid is written "[a0..a1, b0..b1]" (optional steps: "a0..a1:2")')
+            a0, a1, a_step, b0, b1, b_step = (int(v) if v is not None else None for v in m.groups())
+            a1, b1 = a0 if a1 is None else a1, b0 if b1 is None else b1
+            if a0 > a1 or b0 > b1 or a_step == 0 or b_step == 0:
+                raise UserError(f'{option} {text!r}: each range must run from low to high with a positive step')
+            found = [Interval('steps', (a, b), grid=stripped) for a in range(a0, a1 + 1, a_step or 1)
+                     for b in range(b0, b1 + 1, b_step or 1) if a <= b]
+            if not found:
+                raise UserError(f'{option} {text!r}: the grid has no interval with start <= stop')
+        elif stripped.startswith('['):
+            steps = parse_interval(stripped)
+            if steps is None:
+                raise UserError(f'{option} {text!r}: write "all" for guidance at every step')
+            found = [Interval('steps', tuple(steps))]
+        elif stripped.startswith('('):
+            found = [Interval('sigma', sigma=parse_sigma_range(stripped))]
+        else:
+            raise UserError(f'{option} {text!r}: expected all, "[a, b]" (steps), "(lo, hi]" (noise levels) '
+                            f'or a grid "[a0..a1, b0..b1]"')
+        out += [i for i in found if i not in out]
+    if not out:
+        raise UserError(f'{option}: no interval given')
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of the sweep: guiding net (a key of the sweep's `guides`, None for no guidance),
+    weight and Interval (None for no guidance)."""
+    guide: str
+    weight: float
+    interval: Interval = None
+
+
+def expand_settings(weights, intervals, guides):
+    """weights x intervals x guides; w = 1 (no guidance), if among the weights, once and first."""
+    settings = [Setting(None, 1.0)] if 1 in weights else []
+    for guide in guides:
+        for interval in intervals:
+            settings += [Setting(guide, w, interval) for w in weights if w != 1]
+    return settings
+
+#----------------------------------------------------------------------------
+# Checkpoints: per-rank sums, the previous generation kept until the next one is complete.
+
+class _Checkpoints:
+    def __init__(self, outdir, rank):
+        self.path = os.path.join(outdir, f'checkpoint-rank{rank}.pkl')
+        self.prev = self.path + '.prev'
+
+    def _read(self, path):
+        try:
+            with open(path, 'rb') as f:
+                return pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            return None
+
+    def save(self, state):
+        imagelib.atomic_write(self.path + '.new', pickle.dumps(state))
+        if os.path.exists(self.path):
+            os.replace(self.path, self.prev)
+        os.replace(self.path + '.new', self.path)
+
+    def load(self, device):
+        """The newest state that every rank has (ranks write at the same batches, but a crash may
+        stop one rank between its write and another's)."""
+        states = [s for s in (self._read(self.path), self._read(self.prev)) if s is not None]
+        done = max((s['batches_done'] for s in states), default=0)
+        if dist.get_world_size() > 1:
+            t = torch.tensor([done], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            done = int(t)
+        if done == 0:
+            return None
+        for state in states:
+            if state['batches_done'] == done:
+                return state
+        raise UserError(f'{os.path.dirname(self.path)}: the ranks\' checkpoints do not match; delete them to start over')
+
+    def exists(self):
+        return os.path.exists(self.path) or os.path.exists(self.prev)
+
+
+def _check_outdir(outdir, record):
+    """Refuse an outdir whose checkpoints were made with other settings; take over one without any."""
+    path = os.path.join(outdir, SETTINGS_FILE)
+    record = json.loads(json.dumps(record))
+    previous = None
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            previous = json.load(f)
+    has_checkpoints = any(n.startswith('checkpoint-rank') for n in os.listdir(outdir))
+    if previous is not None and previous != record and has_checkpoints:
+        changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+        raise UserError(f'{outdir} holds a sweep with other settings ({", ".join(changed)}); '
+                        f'rerun the same command or choose another --outdir')
+    return previous != record
+
+
+#----------------------------------------------------------------------------
+# The sweep.
+
+def setting_schedules(net, settings, *, mode, device, **sampler_kwargs):
+    """(GuidanceSchedule per setting, the sampler's schedule tensor)."""
+    schedules, noted = [], set()
+    for s in settings:
+        if s.interval is None or s.weight == 1:
+            schedules.append(build_guidance(None))
+        elif s.interval.kind == 'all':
+            schedules.append(build_guidance(s.weight))
+        else:
+            schedules.append(build_guidance(s.weight, s.interval.steps, s.interval.sigma, net=net, mode=mode,
+                                            device=device, note=s.interval not in noted, **sampler_kwargs))
+            noted.add(s.interval)  # a note on a paper-rounded noise range once per interval, not per weight
+    schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
+    return schedules, sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
+
+
+def _describe(setting, schedule, sigmas, evals):
+    """The JSON fields of one setting (without metric values)."""
+    levels = sigmas.tolist()
+    if not schedule.is_active:
+        interval = sigma = None
+    else:
+        found = schedule.to_step_indices(sigmas)
+        interval = list(found[0][:2]) if found and setting.interval.kind != 'all' else None
+        lo, hi, _ = schedule.segments[0]
+        sigma = [lo, hi] if setting.interval.kind != 'all' else [levels[-1], levels[0]]
+    return dict(guide=setting.guide, guidance=setting.weight,
+                label=setting.interval.label if schedule.is_active else 'none',
+                interval=interval, sigma=sigma, grid=setting.interval.grid if setting.interval else None,
+                evals_main=evals.net, evals_guide=evals.gnet)
+
+
+def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir, num_images, seed=0,
+              max_batch_size=32, class_idx=None, mode='edm2', device='cpu', record=None, checkpoint_every=8,
+              progress=True, **sampler_kwargs):
+    """Measure every setting on seeds seed..seed+num_images-1; returns (records, summary).
+
+    `guides`: {name: guiding net}; `record`: what identifies the run besides the settings (network
+    paths, ...) for the resume check. Checkpoints go to `outdir` every `checkpoint_every` batches.
+    Records: one dict per setting (guide, guidance, label, interval, sigma, grid, evals_main,
+    evals_guide, num_images and every metric). Summary: evaluations per image of the sweep against
+    separate runs.
     """
-    ref = stats_lib.load_reference(ref_path)  # once for all settings
-    rows = []
-    for label, gnet, interval, weights in methods:
-        results = {}
-        for w in weights:
-            results[w] = measure(net, encoder, ref_path, metric, gnet=gnet, weight=w, interval=interval, ref=ref, **kwargs)
-            log(f'{label:28s} interval={str(interval):10s} w={w:<5g} {metric}={results[w]:.3f}')
-        best_weight = min(results, key=results.get)
-        rows.append(dnnlib.EasyDict(label=label, guided=gnet is not None, interval=interval, results=results,
-                                    best_weight=best_weight, best=results[best_weight]))
-    return rows
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    if rank == 0:
+        os.makedirs(outdir, exist_ok=True)  # fails early on a bad location
+    dist.barrier()
+    dims = pipeline.reference_dims(ref, metrics, ref_path)
+    dets = pipeline.build_detectors(metrics)
+    schedules, sigmas = setting_schedules(net, settings, mode=mode, device=device, **sampler_kwargs)
+    branches = [(guides[s.guide] if s.guide is not None else None, g) for s, g in zip(settings, schedules)]
+    keys = sampling.step_keys(branches, sigmas)
+    made, separate = sampling.tree_evaluations(keys)
+    records = [_describe(s, g, sigmas, sampling.tree_evaluations([k])[0]) for s, g, k in zip(settings, schedules, keys)]
+
+    full_record = dict(record or {}, metrics=list(metrics), num_images=num_images, seed=seed, batch=max_batch_size,
+                       class_idx=class_idx, mode=mode, world_size=world_size,
+                       sampler={k: v for k, v in sorted(sampler_kwargs.items()) if k != 'dtype'},
+                       settings=[[s.guide, s.weight, s.interval.label if s.interval else None] for s in settings])
+    failure = None
+    try:
+        rewrite = _check_outdir(outdir, full_record)
+    except UserError as exc:
+        failure = str(exc)
+    pipeline._raise_on_every_rank(failure, device)  # pylint: disable=protected-access
+    dist.barrier()
+    if rank == 0 and rewrite:
+        imagelib.atomic_write(os.path.join(outdir, SETTINGS_FILE), json.dumps(full_record, indent=1).encode())
+
+    checkpoints = _Checkpoints(outdir, rank)
+    accs = [[accumulators.new_accumulator(m) for m in metrics] for _ in settings]
+    state = checkpoints.load(device)
+    done = 0
+    if state is not None:
+        done = state['batches_done']
+        for row, saved in zip(accs, state['accumulators']):
+            for acc, acc_state in zip(row, saved):
+                acc.load_state_dict(acc_state)
+    all_batches = seedlib.rank_batches(num_images, max_batch_size, world_size, rank)
+    per_batch = [len(seedlib.rank_batches(num_images, max_batch_size, world_size, r)[0]) for r in range(world_size)]
+    images_done = min(num_images, done * sum(per_batch))
+    saving = 1 - (made.net + made.gnet) / (separate.net + separate.gnet)
+    bar = tqdm.tqdm(total=len(settings) * num_images, initial=len(settings) * images_done, unit='img',
+                    desc=f'Sweep ({len(settings)} settings)', leave=False, dynamic_ncols=True,
+                    disable=(True if not progress or rank != 0 else None))
+    bar.set_postfix_str(f'{made.net + made.gnet} of {separate.net + separate.gnet} evals/img, {saving:.0%} saved')
+    batch_idx = done
+    with bar, torch.no_grad():
+        try:
+            for batch in generate_setting_batches(net, encoder, range(seed, seed + num_images), branches,
+                                                  class_idx=class_idx, max_batch_size=max_batch_size,
+                                                  device=device, rank=rank, world_size=world_size, mode=mode,
+                                                  batches=all_batches[done:], **sampler_kwargs):
+                for row, images in zip(accs, batch.images):
+                    images = pipeline.to_rgb(images, 'generated images')
+                    for acc, name in zip(row, metrics):
+                        features = dets[name](images).reshape(images.shape[0], -1)
+                        if features.shape[1] != dims[name]:
+                            raise UserError(f'the {name} detector gives {features.shape[1]} features, '
+                                            f'but the reference has {dims[name]}')
+                        acc.update(features)
+                batch_idx = done + batch.batch_idx + 1
+                bar.update(len(settings) * len(batch.seeds) * world_size)
+                if batch_idx % checkpoint_every == 0:
+                    _save(checkpoints, batch_idx, accs)
+        except UserError as exc:
+            failure = str(exc)
+    pipeline._raise_on_every_rank(failure, device)  # pylint: disable=protected-access
+    if batch_idx != done or state is None:
+        _save(checkpoints, len(all_batches), accs)
+    for record_, row in zip(records, accs):
+        for acc, name in zip(row, metrics):
+            num = acc.all_reduce(dims[name], device).num
+            if num != num_images:
+                raise UserError(f'generated {num} images, expected {num_images}')
+            values = accumulators.results(name, acc, ref[name])
+            record_.update({k: (float(v) if math.isfinite(v) else None) for k, v in values.items()})
+        record_['num_images'] = num_images
+    summary = dnnlib.EasyDict(settings=len(settings), evals_sweep=dataclasses.asdict(made),
+                              evals_separate=dataclasses.asdict(separate), saving=saving)
+    return records, summary
 
 
-def markdown_table(rows, metric):
-    """The sweep as a markdown table: best weight and distance per method, then every weight."""
-    lines = [f'| method | guided steps | best w | {metric} at best w | all weights |', '|---|---|---|---|---|']
-    for row in rows:
-        steps = 'none' if not row.guided else 'all' if row.interval is None else f'[{row.interval[0]}, {row.interval[1]}]'
-        every = ', '.join(f'{w:g}: {v:.2f}' for w, v in row.results.items())
-        lines.append(f'| {row.label} | {steps} | {row.best_weight:g} | {row.best:.2f} | {every} |')
-    return '\n'.join(lines)
+def _save(checkpoints, batches_done, accs):
+    checkpoints.save(dict(batches_done=batches_done, accumulators=[[a.state_dict() for a in row] for row in accs]))
+
+#
+#----------------------------------------------------------------------------
+# The command-line job.
+
+def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=None, metrics=None, num_images=50000,
+                  seed=0, max_batch_size=32, class_idx=None, mode='edm2', device=None, checkpoint_every=8,
+                  progress=True, **sampler_kwargs):
+    """`calculate_metrics.py sweep`: parse, load, run, write the report (rank 0); returns the lines to print."""
+    weights = parse_weights(weights)
+    intervals = parse_intervals(intervals or ['all'])
+    guided = any(w != 1 for w in weights)
+    if guided and gnet_path is None:
+        raise UserError('Please specify --gnet when using guidance')
+    if os.path.exists(outdir) and not os.path.isdir(outdir):
+        raise UserError(f'--outdir {outdir}: exists and is not a folder')
+    ref = stats_lib.load_reference(ref_path)  # fail early, before loading networks
+    metrics = pipeline.resolve_metrics(metrics, ref, ref_path)
+    pipeline.reference_dims(ref, metrics, ref_path)
+    device = pick_device(device, note=False)
+    net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
+    guide = loading.network_stem(gnet_path) if guided else None
+    settings = expand_settings(weights, intervals, [guide] if guided else [])
+    record = dict(net=net_path, gnet=gnet_path if guided else None, ref=ref_path, device=device.type)  # type: ranks differ in index
+    records, summary = run_sweep(net, encoder, settings, guides={guide: gnet}, ref=ref, ref_path=ref_path,
+                                 metrics=metrics, outdir=outdir, num_images=num_images, seed=seed,
+                                 max_batch_size=max_batch_size, class_idx=class_idx, mode=mode, device=device,
+                                 record=record, checkpoint_every=checkpoint_every, progress=progress, **sampler_kwargs)
+    if dist.get_rank() != 0:
+        return []
+    sweep_report.write_report(outdir, records, metrics, summary)
+    return summary_lines(records, metrics, summary, outdir)
+
+
+def summary_lines(records, metrics, summary, outdir):
+    """`<metric> = <value>` of the best setting per metric, the evaluation saving and where the report is."""
+    lines = []
+    fixed = {'guide', 'guidance', 'label', 'interval', 'sigma', 'grid', 'evals_main', 'evals_guide', 'num_images'}
+    for name in dict.fromkeys(k for r in records for k in r if k not in fixed):  # metrics' result names
+        valid = [r for r in records if r.get(name) is not None]
+        if valid:
+            best = min(valid, key=lambda r: r[name])
+            lines.append(f'{name} = {best[name]:g}  (best: w = {best["guidance"]:g}, interval {best["label"]})')
+    made = summary.evals_sweep['net'] + summary.evals_sweep['gnet']
+    alone = summary.evals_separate['net'] + summary.evals_separate['gnet']
+    lines.append(f'evaluations per image: {made} for {summary.settings} settings, {alone} as separate runs '
+                 f'({summary.saving:.1%} saved)')
+    lines.append(f'results: {os.path.join(outdir, "sweep.md")}, {os.path.join(outdir, "sweep.jsonl")}')
+    return lines
+
+
+#----------------------------------------------------------------------------

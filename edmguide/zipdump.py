@@ -33,6 +33,7 @@ from edmguide import images as imagelib, seeds as seedlib
 from edmguide.errors import UserError, describe_os_error
 from edmguide.runlock import LOCK_NAME, RunLock
 from edmguide.generation import generate_batches
+from edmguide.loading import network_stem
 from torch_utils import distributed as dist
 
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
@@ -41,9 +42,7 @@ _PART_NAME = re.compile(r'^(\d{6,})\.png$')
 
 def zip_file_name(net_path, seed, num_images, guidance_scale, method):
     """Upstream guidance-interval naming: `<stem>-s<seed>-nimg<N>-g<G:.2f>-<gi|cfg>.zip`."""
-    base = os.path.basename(str(net_path))
-    stem = base[:-len('.safetensors')] if base.lower().endswith('.safetensors') else base.split('.pkl')[0]
-    return f'{stem}-s{seed}-nimg{num_images}-g{guidance_scale:.2f}-{method}.zip'
+    return f'{network_stem(net_path)}-s{seed}-nimg{num_images}-g{guidance_scale:.2f}-{method}.zip'
 
 
 def entry_name(index):

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Measure the demo's Fréchet distance (FD_digits) for each guidance method over a small weight sweep.
+"""The demo's guidance sweeps (README "Sweeps"): the analogues of GI Fig. 3 and Fig. 5 on the digits models.
 
-    python scripts/demo_sweep.py --num=500 --jobs=2 --out=docs/demo-sweep.md
+    python scripts/demo_sweep.py --jobs=2
+
+Three sweeps of `edmguide.sweep` (one implementation, the one behind `calculate_metrics.py sweep`),
+run in `--jobs` processes: FD_digits against w for CFG and the guidance interval (guide: the
+unconditional net), the same for autoguidance (guide: the bad net), and a heatmap over interval
+start/stop at one weight. Writes docs/demo-sweep.md and the PNGs in docs/figures/; the sweeps'
+own reports and checkpoints stay in --workdir, so an interrupted run continues when rerun.
 """
 
 import concurrent.futures
@@ -12,51 +18,74 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edmguide import images as imagelib, loading, presets, sweep  # noqa: E402
+import dnnlib  # noqa: E402
+from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.guidance import parse_interval  # noqa: E402
+from edmguide.metrics import stats as stats_lib  # noqa: E402
 
-# The rows of the demo grid: (label, guiding net or None, limited to the interval?); weights and
-# interval come from the command line.
-METHODS = [(label, None if guide == 'none' else guide, interval is not None)
-           for label, guide, _weight, interval in presets.DEMO_METHODS]
+METRIC = 'fd_digits'
+# Legend of the Fig. 3 analogue: (guide, interval label) -> method.
+LABELS = {('uncond', 'all'): 'CFG', ('bad', 'all'): 'autoguidance'}
 
 
-def _sweep_one(method, weights, interval, num_images):
-    """One method's row, in its own process (one thread each, so --jobs processes share the cores)."""
+def _run(job):
+    """One sweep in its own process (one thread each, so the jobs share the cores)."""
     import torch
     torch.set_num_threads(1)
-    label, guide, limited = method
     files = presets.DEMO_FILES
-    net, encoder, gnet = loading.load_networks(files.cond, getattr(files, guide) if guide else None, 'cpu')
-    row_weights = weights if guide else (1.0,)
-    return sweep.sweep(net, encoder, files.ref, 'fd_digits', [(label, gnet, interval if limited else None, row_weights)],
-                       num_images=num_images)[0]
+    net, encoder, gnet = loading.load_networks(files.cond, getattr(files, job.guide), 'cpu')
+    settings = sweep.expand_settings(job.weights, sweep.parse_intervals(job.intervals), [job.guide])
+    records, summary = sweep.run_sweep(net, encoder, settings, guides={job.guide: gnet}, ref=stats_lib.load_reference(files.ref),
+                                       ref_path=files.ref, metrics=[METRIC], outdir=job.outdir, num_images=job.num,
+                                       max_batch_size=job.batch, device='cpu', record=dict(guide=job.guide),
+                                       checkpoint_every=1, progress=False)
+    sweep_report.write_report(job.outdir, records, [METRIC], summary)
+    return records, summary
 
 
 @click.command()
-@click.option('--num', 'num_images', type=click.IntRange(min=2), default=500, show_default=True, help='Images per setting')
-@click.option('--weights', default='1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights to try')
-@click.option('--interval', default='15,21', show_default=True, help='Guided steps "start,stop" for the interval rows')
+@click.option('--num', 'num_images', type=click.IntRange(min=2), default=500, show_default=True, help='Images per setting (weight sweeps)')
+@click.option('--weights', default='1,1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights (list or start:stop:step; 1 = no guidance)')
+@click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval curves')
+@click.option('--grid', default='[9..21:2, 15..27:2]', show_default=True, help='Intervals of the heatmap')
+@click.option('--grid_weight', type=float, default=2.0, show_default=True, help='Weight of the heatmap (CFG guide)')
+@click.option('--grid_num', type=click.IntRange(min=2), default=200, show_default=True, help='Images per heatmap cell')
+@click.option('--batch', type=click.IntRange(min=1), default=250, show_default=True, help='Batch size')
 @click.option('--jobs', type=click.IntRange(min=1), default=2, show_default=True, help='Worker processes')
-@click.option('--out', default='docs/demo-sweep.md', show_default=True, help='Markdown table to write')
-def main(num_images, weights, interval, jobs, out):
-    """Sweep guidance weights for no guidance, CFG, interval, autoguidance and autoguidance + interval."""
+@click.option('--workdir', default='out/demo-sweep', show_default=True, help='Sweep folders (reports, checkpoints)')
+@click.option('--out', default='docs/demo-sweep.md', show_default=True, help='Markdown report to write')
+@click.option('--figures', default='docs/figures', show_default=True, help='Folder for the two PNGs')
+def main(num_images, weights, interval, grid, grid_weight, grid_num, batch, jobs, workdir, out, figures):
+    """Sweep FD_digits over guidance weights and intervals on the embedded demo."""
     def work():
-        parsed = parse_interval(interval)
-        if parsed is None:
-            raise UserError(f'--interval must be "start,stop" step indices, got {interval!r}')
-        start, stop = parsed
-        try:
-            weight_list = tuple(float(w) for w in weights.split(','))
-        except ValueError:
-            raise UserError(f'--weights must be comma-separated numbers, got {weights!r}') from None
+        weight_list = sweep.parse_weights(weights, '--weights')
+        if len(sweep.parse_intervals([grid], '--grid')) < 2:
+            raise UserError(f'--grid {grid!r}: a heatmap needs at least two intervals')
+        curves = ['all', interval]
+        job_list = [dnnlib.EasyDict(guide='uncond', weights=weight_list, intervals=curves, num=num_images),
+                    dnnlib.EasyDict(guide='bad', weights=weight_list, intervals=curves, num=num_images),
+                    dnnlib.EasyDict(guide='uncond', weights=[1.0, grid_weight], intervals=[grid], num=grid_num)]
+        for name, job in zip(('cfg', 'autoguidance', 'heatmap'), job_list):
+            job.update(batch=batch, outdir=os.path.join(workdir, name))
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
-            rows = list(pool.map(_sweep_one, METHODS, [weight_list] * len(METHODS), [(start, stop)] * len(METHODS),
-                                 [num_images] * len(METHODS)))
-        command = f'python scripts/demo_sweep.py --num={num_images} --weights={weights} --interval={start},{stop} --out={out}'
-        text = (f'{sweep.markdown_table(rows, "FD_digits")}\n\n{num_images} images per setting (seeds 0..{num_images - 1}, '
-                f'random classes), 32 Heun steps (numerics edm2). Command: `{command}`\n')
+            (cfg, cfg_sum), (ag, ag_sum), (heat, heat_sum) = pool.map(_run, job_list)
+        label = sweep.parse_intervals([interval])[0].label
+        labels = {**LABELS, ('uncond', label): 'guidance interval', ('bad', label): 'autoguidance + interval'}
+        records = cfg + [r for r in ag if r['guide'] is not None]
+        title = f'Demo: FD_digits against w ({num_images} images, interval {label} of 32 steps)'
+        fig3 = sweep_report.plot_weights(records, METRIC, labels=labels, title=title)
+        fig5 = list(sweep_report.heatmaps(heat, METRIC).values())[0]
+        imagelib.atomic_write(os.path.join(figures, 'demo-sweep-weights.png'), fig3)
+        imagelib.atomic_write(os.path.join(figures, 'demo-sweep-heatmap.png'), fig5)
+        command = ('python scripts/demo_sweep.py' + ''.join(
+            f' --{k}={v!r}' if ' ' in str(v) else f' --{k}={v}' for k, v in
+            dict(num=num_images, weights=weights, interval=interval, grid=grid, grid_weight=grid_weight,
+                 grid_num=grid_num, batch=batch).items()))
+        text = '\n'.join([
+            sweep_report.markdown(cfg, [METRIC], cfg_sum, title='Demo sweep: CFG and guidance interval (guide: digits-uncond)'),
+            sweep_report.markdown(ag, [METRIC], ag_sum, title='Demo sweep: autoguidance (guide: digits-bad)'),
+            sweep_report.markdown(heat, [METRIC], heat_sum, title=f'Demo sweep: interval grid at w = {grid_weight:g} (guide: digits-uncond)'),
+            f'Seeds 0.. of each sweep, random classes, 32 Heun steps (numerics edm2), batch {batch}. Command: `{command}`', ''])
         imagelib.atomic_write(out, text.encode())
         print(text)
     run_cli(work)

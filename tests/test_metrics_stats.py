@@ -137,3 +137,22 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(ValueError, match='not a numeric array'):
         stats.save_stats({'num_images': 1, 'fid': {'mu': [object()], 'sigma': np.eye(1)}}, tmp_path / 'x.npz')
     assert not (tmp_path / 'x.npz').exists()
+
+
+def test_state_dict_round_trip_continues_the_same_sums():
+    rng = np.random.default_rng(1)
+    feats = torch.from_numpy(rng.normal(size=(20, 4)))
+    whole = stats.FeatureStats()  # the same batches without a checkpoint in between
+    whole.update(feats[:7])
+    whole.update(feats[7:])
+    first = stats.FeatureStats()
+    first.update(feats[:7])
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    assert isinstance(state['sum'], np.ndarray) and state['num'] == 7
+    resumed = stats.FeatureStats()
+    resumed.load_state_dict(state)
+    resumed.update(feats[7:])
+    assert resumed.num == 20 and torch.equal(resumed.sum, whole.sum) and torch.equal(resumed.outer, whole.outer)
+    empty = stats.FeatureStats()
+    empty.load_state_dict(stats.FeatureStats().state_dict())
+    assert empty.num == 0 and empty.sum is None

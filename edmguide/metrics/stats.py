@@ -37,6 +37,8 @@ class FeatureStats:
     def update(self, features):
         """Add a batch of features [N, D] (any float dtype, any device)."""
         f = features.detach().reshape(features.shape[0], -1).to(torch.float64)
+        if self.sum is not None and self.sum.device != f.device:  # e.g. sums loaded from a checkpoint
+            self.sum, self.outer = self.sum.to(f.device), self.outer.to(f.device)
         if self.sum is None:
             self.sum = torch.zeros(f.shape[1], dtype=torch.float64, device=f.device)
             self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
@@ -56,6 +58,18 @@ class FeatureStats:
             dist.all_reduce_sum(tensor)
         self.num = int(num.item())
         return self
+
+    def state_dict(self):
+        """The running sums as numpy arrays (float64) and the image count, e.g. for a checkpoint."""
+        if self.sum is None:
+            return {'num': self.num}
+        return {'num': self.num, 'sum': self.sum.cpu().numpy(), 'outer': self.outer.cpu().numpy()}
+
+    def load_state_dict(self, state):
+        """Continue from `state_dict()`'s sums (kept on the CPU until the next `update` moves them)."""
+        self.num = int(state['num'])
+        self.sum = torch.as_tensor(state['sum'], dtype=torch.float64) if 'sum' in state else None
+        self.outer = torch.as_tensor(state['outer'], dtype=torch.float64) if 'sum' in state else None
 
     def mean_and_cov(self):
         """(mu, sigma) as float64 numpy; sigma is the unbiased (N-1) covariance."""
