@@ -14,14 +14,17 @@ References are upstream stats pickles or EDM v1 .npz files (paths or URLs). Dete
 the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
 """
 
-import sys
+from edmguide import threads
 
-import click
+threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
-from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
-from edmguide.errors import run_cli
-from edmguide.metrics import detectors, pipeline
-from torch_utils import distributed as dist
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from edmguide import cli  # noqa: E402
+from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options  # noqa: E402
+from edmguide.errors import run_cli  # noqa: E402
 
 SUBCOMMANDS = ('calc', 'gen', 'ref')
 
@@ -30,12 +33,19 @@ SUBCOMMANDS = ('calc', 'gen', 'ref')
 
 def print_results(results):
     """EDM2 style: `<metric> = <value:g>`, once (rank 0)."""
+    from torch_utils import distributed as dist
     if dist.get_rank() == 0:
         for name, value in results.items():
             print(f'{name} = {value:g}')
 
 def parse_metrics_option(text):
+    from edmguide.metrics import detectors
     return None if text is None else detectors.parse_metric_list(text)
+
+def _init_distributed():
+    """Join the process group under torchrun (nothing in a single process)."""
+    from torch_utils import distributed as dist
+    dist.init()
 
 metrics_help = 'Comma-separated metrics  [default: fid,fd_dinov2, those the reference has]'
 device_option = click.option('--device', help='Torch device  [default: cuda if present, else cpu]', type=str, default=None)
@@ -43,7 +53,7 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 #----------------------------------------------------------------------------
 # Guidance-interval form.
 
-@click.command(context_settings={'help_option_names': ['-h', '--help']},
+@click.command(cls=cli.Command, context_settings={'help_option_names': ['-h', '--help']},
                epilog='EDM2 forms: calculate_metrics.py calc|gen|ref --help')
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
@@ -51,8 +61,10 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @click.option('--metric', help="Metric: 'fid', 'fd_dinov2' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
 @click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
+@threads.threads_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
+    from edmguide.metrics import detectors, pipeline
     value, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
                           results_dir=results_dir, batch_size=batch_size, device=device)
     print(f'{detectors.metric_label(metric)} = {value:.2f}')
@@ -60,10 +72,9 @@ def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
 #----------------------------------------------------------------------------
 # EDM2 form.
 
-@click.group(context_settings={'help_option_names': ['-h', '--help']})
+@click.group(cls=cli.Group, context_settings={'help_option_names': ['-h', '--help']})
 def edm2_cli():
     """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
-    dist.init() # joins the process group under torchrun; nothing in a single process
 
 @edm2_cli.command()
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
@@ -74,8 +85,11 @@ def edm2_cli():
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
+@threads.threads_option
 def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_workers, device):
     """Metrics of a set of images against reference statistics."""
+    from edmguide.metrics import pipeline
+    _init_distributed()
     results = run_cli(lambda: pipeline.calc_metrics_for_images(
         image_path, ref_path, parse_metrics_option(metrics), num_images=num_images, seed=seed,
         max_batch_size=max_batch_size, num_workers=num_workers, device=device))
@@ -88,8 +102,12 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
+@threads.threads_option
 def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
     """Reference statistics of a dataset, saved as a pickle."""
+    from edmguide.metrics import detectors, pipeline
+    from torch_utils import distributed as dist
+    _init_distributed()
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
         num_workers=num_workers, device=device))
@@ -101,7 +119,7 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
 @click.option('--gnet', 'gnet_path', help='Guiding network pickle', metavar='PKL|URL', type=str, default=None)
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
-@click.option('--guidance_sigma', help='Guide only noise levels in (lo, hi], e.g. "0.28,2.9"', type=str, default=None)
+@click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"', type=str, default=None)
 @click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True)
 @click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None)
 @click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
@@ -111,9 +129,12 @@ def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
 @sampler_options
 @device_option
+@threads.threads_option
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
         num_images, seed, device, **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
+    from edmguide.metrics import pipeline
+    _init_distributed()
     def job():
         interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
         return pipeline.calc_metrics_for_network(

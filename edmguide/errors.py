@@ -14,13 +14,14 @@ class UserError(Exception):
     """A problem with the user's input or files; the message is one line that names it."""
 
 
-def run_cli(func, *args, **kwargs):
-    """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 quietly."""
+def run_cli(func, *args, resume_hint=None, **kwargs):
+    """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 with one line,
+    which says how to resume (`resume_hint`) where the work can be resumed."""
     try:
         return func(*args, **kwargs)
     except (UserError, OSError) as exc:  # OSError: the file system refused (not a directory, permission, disk full)
         print(f'error: {exc}', file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
+        print(f'\ninterrupted; {resume_hint}' if resume_hint else '\ninterrupted', file=sys.stderr)
         sys.exit(130)

@@ -176,3 +176,10 @@ def deal_chunks(chunks, world_size=1, rank=0):
     return mine + [np.arange(0)] * (per_rank - len(mine))
 
 #----------------------------------------------------------------------------
+
+def images_per_step(per_rank_batches, count=len):
+    """Images made across all ranks at each batch step, from every rank's batch list (rank 0's
+    progress bar counts these, not its own batch times the number of ranks, which overcounts the
+    padded last steps). `count(indices)` says how many of a batch's images count (default: all)."""
+    steps = max((len(b) for b in per_rank_batches), default=0)
+    return [sum(count(b[i]) for b in per_rank_batches if i < len(b)) for i in range(steps)]
