@@ -428,3 +428,18 @@ def test_unknown_device_is_a_one_line_error_in_both_forms(cache, tmp_path, image
     assert not (tmp_path / 'results').exists()
     calc = ['calc', '--images', image_zip, '--ref', ref_path, '--metrics', 'fid', '--num', '2', '--device', 'bogus']
     assert_one_line_error(invoke(calculate_metrics.edm2_cli, calc), "--device 'bogus'")
+
+
+def test_errors_with_an_obvious_next_step_name_it(cache, image_dir, other_ref, monkeypatch):
+    from edmguide.errors import UserError
+    from edmguide.metrics import pipeline
+    ref_path, _ = other_ref
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', ref_path, '--workers', '0',
+                                                 '--num', '13'])
+    assert_one_line_error(result, 'expected at least 13', '--num=12')
+
+    def no_inception(name, **kwargs):
+        raise UserError('cannot load the Inception-v3 detector: not in the cache')
+    monkeypatch.setattr(detectors, 'get_detector', no_inception)
+    with pytest.raises(UserError, match='use --metrics=fd_digits'):
+        pipeline.build_detectors(['fid'])

@@ -147,3 +147,11 @@ def test_library_call_forwards_the_sampler_dtype_as_upstream(tiny_pickles, tmp_p
                                                  guidance=2.0, guidance_interval=(1, 2), seeds=[0], num_steps=4,
                                                  dtype=torch.float64, device='cpu')
     assert paths == [str(tmp_path / '000000.png')] and os.path.isfile(paths[0])
+
+
+def test_figures_with_classes_the_network_lacks_fail_before_rendering(tmp_path):
+    from edmguide import presets
+    result = invoke(generate_images.main, ['--cond_pkl', presets.DEMO_FILES.cond, '--uncond_pkl', presets.DEMO_FILES.uncond,
+                                           '--figs', 'fig6,fig5', '--results_dir', tmp_path])
+    assert_one_line_error(result, '10 classes', 'fig6 (class 933)', 'fig5 (class 959)', 'ImageNet-512', '--preset=demo')
+    assert 'Rendering' not in result.output and not any(tmp_path.iterdir())

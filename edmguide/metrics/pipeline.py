@@ -52,7 +52,18 @@ def _note0(*args):
 def build_detectors(metrics, detector_kwargs=None):
     """{metric: detector}, loaded before any image is read so a missing detector fails early."""
     detector_kwargs = detector_kwargs or {}
-    return {name: detectors.get_detector(name, **detector_kwargs.get(name, {})) for name in metrics}
+    dets = {}
+    for name in metrics:
+        try:
+            dets[name] = detectors.get_detector(name, **detector_kwargs.get(name, {}))
+        except UserError as exc:
+            if name not in DEFAULT_METRICS:
+                raise
+            raise UserError(f'{exc}; {DEMO_METRIC_HINT}') from exc
+    return dets
+
+DEMO_METRIC_HINT = ("for the embedded demo's digits, which need no download, use --metrics=fd_digits "
+                    "(--metric=fd_digits in the guidance-interval form)")
 
 def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=None,
                   expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
@@ -141,7 +152,8 @@ def compute_stats_for_images(image_path, metrics, *, max_size=None, seed=0, max_
     """Statistics of an image directory/zip (all images, or a seeded subset of `max_size`)."""
     dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
     if max_size is not None and dataset.num_found < max_size:
-        raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}')
+        raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}; '
+                        f'use --num={dataset.num_found} (or fewer) to measure them')
     if len(dataset) < min_images:
         raise UserError(f'{image_path}: Found {len(dataset)} images, but need at least {min_images}')
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
