@@ -90,6 +90,8 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
                 build_guidance(weight, interval=interval, net=net, mode='edm2', device=device))
                for label, guide, weight, interval in presets.DEMO_METHODS]
     path = os.path.join(outdir, 'demo-comparison.png')
+    print(f'Sampling {len(methods)} methods x {len(classes) * len(seeds)} images on {device} '
+          f'(about 15-30 s on one CPU core)...', flush=True)
     figures.render_comparison(methods, net, encoder, classes, seeds, path, device=device)
     print(f'Wrote {path}: {len(methods)} rows (one per method, same seeds in every row), '
           f'{len(classes) * len(seeds)} columns (digit classes {" ".join(map(str, classes))}; '

@@ -3,7 +3,10 @@ competing process) and how fast the scripts answer `--help`.
 
 Every thread setting runs in a fresh process, because OpenMP reads its settings once at start:
 - "1 thread": OMP_NUM_THREADS=1;
-- "rule": what the scripts do (`edmguide.threads.configure()`: usable cores, passive OpenMP waits);
+- "rule": what the scripts do (`edmguide.threads.configure()`: idle usable cores, passive OpenMP
+  waits; it reads the 1-minute load average at start, so burners started just before it are
+  only partly seen);
+- "all usable cores, passive waits": torch's thread count with passive waits only;
 - "torch default": no settings at all (torch's thread count, OpenMP's default spin-waiting).
 Each process times evaluations of the demo's main network on a batch of the demo grid's size
 (wall clock, median and fastest). "with a competing process" runs one CPU-bound Python loop per
@@ -48,7 +51,8 @@ print(json.dumps(dict(threads=torch.get_num_threads(), times=times)))
 _BURNER = 'import time\nt = time.time() + {seconds}\nwhile time.time() < t:\n    pass\n'
 
 SETTINGS = (('1 thread', dict(OMP_NUM_THREADS='1'), False),
-            ('rule (usable cores, passive waits)', {}, True),
+            ('rule (idle usable cores, passive waits)', {}, True),
+            ('all usable cores, passive waits', dict(OMP_WAIT_POLICY='PASSIVE', KMP_BLOCKTIME='0'), False),
             ('torch default (no settings)', {}, False))
 OMP_VARS = ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'KMP_BLOCKTIME', 'MKL_NUM_THREADS', 'GOMP_SPINCOUNT')
 

@@ -84,7 +84,8 @@ class PlainProgress:
         self.postfix = text
 
     def write(self, text, file=None):
-        print(text, file=file or self._out(), flush=True)
+        """As `tqdm.write`: to stdout unless `file` is given."""
+        print(text, file=file or sys.stdout, flush=True)
 
     def close(self):
         if self.disable or self.closed:

@@ -2,8 +2,11 @@
 
 The rule (README, "Performance"): torch's intra-op thread count is the number of cores this
 process may really use, i.e. the smaller of its CPU affinity (`os.sched_getaffinity`) and its
-cgroup CPU quota (rounded down, at least 1), divided among the processes torchrun started on this
-node. OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, `KMP_BLOCKTIME=0` for Intel's
+cgroup CPU quota (rounded down), and of the cores left idle by other work (the machine's cores
+minus its 1-minute load average, rounded), divided among the processes torchrun started on this
+node; at least 1. A thread that has to share its core with another job holds up every parallel
+region, so on a busy machine fewer threads are faster (measured: 2 threads beside 2 busy
+processes on 2 cores took twice the time of 1 thread). OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, `KMP_BLOCKTIME=0` for Intel's
 runtime) instead of spinning, so that on a machine shared with other jobs waiting threads give
 their core back; spinning threads were what made the default ten times slower than one thread.
 An explicit `OMP_NUM_THREADS` (or wait policy) set by the user is kept, and a `--threads` option
@@ -63,15 +66,29 @@ def usable_cpus():
         return os.cpu_count() or 1
 
 
-def choose_threads(affinity, quota=None, local_processes=1):
-    """The thread count: min(affinity, floor(quota)) shared by `local_processes`, at least 1."""
+def choose_threads(affinity, quota=None, local_processes=1, load=None, machine_cores=None):
+    """The thread count: min(affinity, floor(quota), idle cores) shared by `local_processes`, at least 1.
+
+    Idle cores = `machine_cores` (default: `affinity`) minus `load` (the 1-minute load average of
+    other work), rounded; no load given = no reduction."""
     cores = max(int(affinity), 1)
     if quota is not None:
         cores = min(cores, max(int(quota), 1))
+    if load is not None:
+        idle = (machine_cores or affinity) - float(load)
+        cores = min(cores, max(int(idle + 0.5), 1))
     return max(cores // max(int(local_processes), 1), 1)
 
 
-def environment_updates(environ, threads=None, affinity=None, quota=None):
+def machine_load():
+    """(1-minute load average, the machine's cores), or (None, None) where unknown."""
+    try:
+        return os.getloadavg()[0], os.cpu_count()
+    except (AttributeError, OSError):
+        return None, None
+
+
+def environment_updates(environ, threads=None, affinity=None, quota=None, load=None, machine_cores=None):
     """The variables to set before torch starts, given the current environment (a mapping).
 
     Returns (updates dict, chosen thread count). `threads` (a --threads option) wins; else an
@@ -85,9 +102,11 @@ def environment_updates(environ, threads=None, affinity=None, quota=None):
         count = int(environ['OMP_NUM_THREADS'])
     else:
         local = environ.get('LOCAL_WORLD_SIZE', '1')
+        if load is None and affinity is None:
+            load, machine_cores = machine_load()
         count = choose_threads(usable_cpus() if affinity is None else affinity,
                                cgroup_cpu_limit() if quota is None else quota,
-                               int(local) if local.isdigit() else 1)
+                               int(local) if local.isdigit() else 1, load=load, machine_cores=machine_cores)
         updates['OMP_NUM_THREADS'] = str(count)
     if 'OMP_WAIT_POLICY' not in environ:
         updates['OMP_WAIT_POLICY'] = 'PASSIVE'

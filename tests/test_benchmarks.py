@@ -27,7 +27,7 @@ def test_quick_run_writes_all_sections(tmp_path):
                     '## 4. Feature extraction', '## 5. Precision', '## 6. CPU threads'):
         assert heading in markdown, heading
     threads = result['threads']
-    assert {r['setting'] for r in threads['rows']} >= {'1 thread', 'rule (usable cores, passive waits)'}
+    assert {r['setting'] for r in threads['rows']} >= {'1 thread', 'rule (idle usable cores, passive waits)'}
     assert [r['torch_threads'] for r in threads['rows'] if r['setting'] == '1 thread'] == [1]
     assert len(threads['help']) == 4 and all(h['median_s'] > 0 for h in threads['help'])
     assert result['machine']['torch'] and 'cpu_model' in result['machine']

@@ -33,7 +33,7 @@ def test_resumed_count_rate_counts_only_new_work_and_close_prints_the_rest():
     bar = progress_bar(total=100, initial=50, unit='img', file=out, every=50, clock=clock)
     clock.t = 5.0
     bar.update(5)
-    bar.write('a message')
+    bar.write('a message', file=out)  # as tqdm.write: stdout unless told otherwise
     bar.close()
     assert out.getvalue().splitlines() == ['a message', '55/100 img (55%), 1 img/s, elapsed 0:05, ETA 0:45']
 

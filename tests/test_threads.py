@@ -11,6 +11,12 @@ def test_thread_count_is_the_smaller_of_affinity_and_quota():
     assert threads.choose_threads(8, quota=16) == 8
     assert threads.choose_threads(8, local_processes=4) == 2  # torchrun processes on one node share the cores
     assert threads.choose_threads(2, local_processes=8) == 1
+    # Other work on the machine: only the idle cores count.
+    assert threads.choose_threads(2, load=0.2) == 2
+    assert threads.choose_threads(2, load=1.0) == 1
+    assert threads.choose_threads(2, load=3.5) == 1
+    assert threads.choose_threads(8, load=3.0, machine_cores=64) == 8   # a busy big host, 8 cores ours
+    assert threads.choose_threads(16, load=10.4, machine_cores=16) == 6
 
 
 def test_cgroup_files_are_parsed():
