@@ -8,7 +8,8 @@ percent of the total (and at the end), e.g.
 
     Generating:  1200/50000 img (2%), 14.2 img/s, elapsed 1:24, ETA 57:16
 
-With an unknown total it writes a line every `interval` seconds instead.
+With an unknown total it writes a line every `interval` seconds instead. Work that ends within
+`delay` seconds (3 by default) prints no line at all, so short jobs keep their stderr to errors.
 """
 
 import sys
@@ -28,11 +29,12 @@ class PlainProgress:
     """The non-terminal form: periodic lines with count, percent, rate and ETA."""
 
     def __init__(self, total=None, initial=0, unit='it', desc=None, disable=False, file=None, every=5.0,
-                 interval=30.0, clock=time.monotonic, **_ignored):
+                 interval=30.0, delay=3.0, clock=time.monotonic, **_ignored):
         self.total, self.n, self.unit, self.desc = total, initial, unit, desc
         self.disable = bool(disable)
         self.file = file
-        self.every, self.interval, self.clock = every, interval, clock
+        self.every, self.interval, self.delay, self.clock = every, interval, delay, clock
+        self.lines = 0
         self.start_n, self.start = initial, clock()
         self.last_line_n, self.last_line_t = initial, self.start
         self.postfix = ''
@@ -65,7 +67,10 @@ class PlainProgress:
         return ', '.join(parts)
 
     def _emit(self):
+        if self.clock() - self.start < self.delay:
+            return  # too early: short work prints nothing (the next step's line catches up)
         print(self.format_line(), file=self._out(), flush=True)
+        self.lines += 1
         self.last_line_n, self.last_line_t = self.n, self.clock()
 
     def update(self, n=1):

@@ -30,7 +30,7 @@ def sweep(net, encoder, ref_path, metric, methods, *, log=print, **kwargs):
         results = {}
         for w in weights:
             results[w] = measure(net, encoder, ref_path, metric, gnet=gnet, weight=w, interval=interval, ref=ref, **kwargs)
-            log(f'{label:28s} interval={str(interval):10s} w={w:<5g} {metric}={results[w]:.3f}')
+            log(f'{label:28s} interval={str(interval):10s} w={w:<5g} {metric} = {results[w]:g}')
         best_weight = min(results, key=results.get)
         rows.append(dnnlib.EasyDict(label=label, guided=gnet is not None, interval=interval, results=results,
                                     best_weight=best_weight, best=results[best_weight]))

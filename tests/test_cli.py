@@ -32,3 +32,16 @@ def test_option_errors_are_error_lines():
     assert [line for line in result.stderr.splitlines() if line.startswith('error: ')] == \
         ["error: Invalid value for '--num_images': 0 is not in the range x>=1."], result.stderr
     assert 'Error:' not in result.stderr
+
+
+def test_ctrl_c_says_how_to_resume_where_resuming_exists(capsys):
+    import generate_zip
+    from edmguide.errors import run_cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as exc:
+        run_cli(interrupted, resume_hint=generate_zip.RESUME_HINT)
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip() == 'interrupted; ' + generate_zip.RESUME_HINT
+    assert 'rerun the same command' in generate_zip.RESUME_HINT
