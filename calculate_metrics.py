@@ -16,15 +16,17 @@ References are upstream stats pickles or .npz files (EDM v1's or ours; paths or 
 the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
 """
 
-import sys
+from edmguide import threads
 
-import click
+threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
-from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
-from edmguide.errors import run_cli
-from edmguide import sweep as sweep_lib
-from edmguide.metrics import detectors, pipeline
-from torch_utils import distributed as dist
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from edmguide import cli  # noqa: E402
+from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options  # noqa: E402
+from edmguide.errors import run_cli  # noqa: E402
 
 SUBCOMMANDS = ('calc', 'gen', 'ref', 'sweep')
 SWEEP_EPILOG = ('Writes sweep.jsonl, sweep.md and PNG plots to --outdir; rerunning the same command resumes '
@@ -35,12 +37,19 @@ SWEEP_EPILOG = ('Writes sweep.jsonl, sweep.md and PNG plots to --outdir; rerunni
 
 def print_results(results):
     """EDM2 style: `<metric> = <value:g>`, once (rank 0)."""
+    from torch_utils import distributed as dist
     if dist.get_rank() == 0:
         for name, value in results.items():
             print(f'{name} = {value:g}')
 
 def parse_metrics_option(text):
+    from edmguide.metrics import detectors
     return None if text is None else detectors.parse_metric_list(text)
+
+def _init_distributed():
+    """Join the process group under torchrun (nothing in a single process)."""
+    from torch_utils import distributed as dist
+    dist.init()
 
 metrics_help = 'Comma-separated metrics  [default: fid,fd_dinov2, those the reference has]'
 device_option = click.option('--device', help='Torch device  [default: cuda if present, else cpu]', type=str, default=None)
@@ -48,7 +57,7 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 #----------------------------------------------------------------------------
 # Guidance-interval form.
 
-@click.command(context_settings={'help_option_names': ['-h', '--help']},
+@click.command(cls=cli.Command, context_settings={'help_option_names': ['-h', '--help']},
                epilog='EDM2 forms: calculate_metrics.py calc|gen|ref --help. ' + PICKLE_NOTE)
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
@@ -56,10 +65,12 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @click.option('--metric', help="Metric: 'fid', 'fd_dinov2' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
 @click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
+@threads.threads_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
+    from edmguide.metrics import detectors, pipeline
     def job():
-        dist.init()  # under torchrun the ranks share the images; rank 0 prints and appends once
+        _init_distributed()  # under torchrun the ranks share the images; rank 0 prints and appends once
         return pipeline.gi_calculate_metric(
             gen_zip, ref_path, metric=metric, results_dir=results_dir, batch_size=batch_size, device=device,
             report=lambda value: print(f'{detectors.metric_label(metric)} = {value:.2f}', flush=True))
@@ -68,10 +79,9 @@ def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
 #----------------------------------------------------------------------------
 # EDM2 form.
 
-@click.group(context_settings={'help_option_names': ['-h', '--help']})
+@click.group(cls=cli.Group, context_settings={'help_option_names': ['-h', '--help']})
 def edm2_cli():
     """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
-    dist.init() # joins the process group under torchrun; nothing in a single process
 
 @edm2_cli.command(epilog=PICKLE_NOTE)
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
@@ -82,8 +92,11 @@ def edm2_cli():
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
+@threads.threads_option
 def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_workers, device):
     """Metrics of a set of images against reference statistics."""
+    from edmguide.metrics import pipeline
+    _init_distributed()
     results = run_cli(lambda: pipeline.calc_metrics_for_images(
         image_path, ref_path, parse_metrics_option(metrics), num_images=num_images, seed=seed,
         max_batch_size=max_batch_size, num_workers=num_workers, device=device))
@@ -96,8 +109,12 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
+@threads.threads_option
 def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
     """Reference statistics of a dataset, saved as a pickle (or .npz without pickle)."""
+    from edmguide.metrics import detectors, pipeline
+    from torch_utils import distributed as dist
+    _init_distributed()
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
         num_workers=num_workers, device=device))
@@ -117,7 +134,7 @@ def generation_options(func):
         click.option('--seed', help='First random seed', type=int, default=0, show_default=True),
         click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True),
     ]
-    func = sampler_options(device_option(func))
+    func = threads.threads_option(sampler_options(device_option(func)))
     for option in reversed(options):
         func = option(func)
     return func
@@ -125,11 +142,13 @@ def generation_options(func):
 @edm2_cli.command(epilog=PICKLE_NOTE)
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
-@click.option('--guidance_sigma', help='Guide only noise levels in (lo, hi], e.g. "0.28,2.9"', type=str, default=None)
+@click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"', type=str, default=None)
 @generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
         num_images, seed, device, **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
+    from edmguide.metrics import pipeline
+    _init_distributed()
     def job():
         interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
         return pipeline.calc_metrics_for_network(
@@ -147,6 +166,9 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
 @generation_options
 def sweep(**kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
+    from edmguide import sweep as sweep_lib
+    from torch_utils import distributed as dist
+    _init_distributed()
     lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')), **kwargs))
     if dist.get_rank() == 0:
         print('\n'.join(lines))
@@ -154,7 +176,7 @@ def sweep(**kwargs):
 #----------------------------------------------------------------------------
 
 def main(argv=None):
-    """Dispatch: a first argument calc/gen/ref selects the EDM2 group, anything else the GI form."""
+    """Dispatch: a first argument calc/gen/ref/sweep selects the EDM2 group, anything else the GI form."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:
         edm2_cli.main(args=argv, prog_name='calculate_metrics.py')

@@ -9,23 +9,28 @@ Three ways to call it (the first two are upstream command lines, unchanged):
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
 """
 
-import os
+from edmguide import threads
 
-import click
-import tqdm
+threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
-from edmguide import cli, figures, images as imagelib, loading, presets
-from edmguide.errors import UserError, run_cli
-from edmguide.generation import build_guidance, generate_batches, pick_device
-from edmguide.outputs import check_output_dir
-from edmguide.sampling import check_sampler_kwargs
-from edmguide.seeds import parse_seed_list
-from torch_utils import distributed as dist
+import os  # noqa: E402
+
+import click  # noqa: E402
+
+from edmguide import cli  # noqa: E402
+from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.outputs import check_output_dir  # noqa: E402
+
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
                          subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
     """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+    from edmguide import images as imagelib, loading, seeds as seedlib
+    from edmguide.generation import build_guidance, generate_batches, pick_device
+    from edmguide.progress import progress_bar
+    from edmguide.sampling import check_sampler_kwargs
+    from torch_utils import distributed as dist
     check_sampler_kwargs(sampler_kwargs)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before any network is loaded
@@ -37,14 +42,17 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_inte
                               device=device, **sampler_kwargs)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
     written = []
-    bar = tqdm.tqdm(total=len(seeds), unit='img', disable=dist.get_rank() != 0, leave=False)
+    world_size = dist.get_world_size()
+    step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
+                                           for r in range(world_size)])
+    bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
     for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
                                   max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
         for seed, image in zip(batch.seeds, batch.images.cpu()):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
             written.append(path)
-        bar.update(len(batch.seeds) * dist.get_world_size())
+        bar.update(step_images[batch.batch_idx])
         if verbose:
             bar.write(f'batch {batch.batch_idx + 1}/{batch.num_batches}: evaluations per image net {batch.counter.net}, gnet {batch.counter.gnet}')
     bar.close()
@@ -54,41 +62,53 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_inte
 
 def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', device=None, verbose=False):
     """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
+    from edmguide import figures, loading
+    from edmguide.generation import pick_device
+    from edmguide.progress import progress_bar
     names = figures.parse_figure_names(figs)
     device = pick_device(device)
     check_output_dir(results_dir, '--results_dir')
     net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl, device, encoder_batch_size=8, verbose=verbose)
-    if not getattr(net, 'label_dim', 0):
-        raise UserError(f'{cond_pkl}: the figures need a class-conditional network (label_dim is 0)')
+    figures.check_figure_classes(names, net, cond_pkl)  # every figure, before the first is rendered
     written = []
-    for name in names:
-        print(f'Rendering {name}...')
-        written += figures.render_figure(name, net, gnet, encoder, results_dir, device=device, verbose=verbose)
+    with progress_bar(total=sum(figures.figure_images(name) for name in names), unit='img', desc='Figures') as bar:
+        for name in names:
+            bar.write(f'Rendering {name}...')
+            written += figures.render_figure(name, net, gnet, encoder, results_dir, device=device, verbose=verbose,
+                                             on_images=bar.update)
     print('Done.')
     return written
 
 
-def generate_demo(outdir, device=None, seeds=(0, 1, 2), classes=tuple(range(10))):
+def generate_demo(outdir, device=None, seeds=None, classes=None):
     """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
+    from edmguide import figures, loading, presets
+    from edmguide.generation import build_guidance, pick_device
+    seeds = list(presets.DEMO_SEEDS if seeds is None else seeds)
+    classes = list(presets.DEMO_CLASSES if classes is None else classes)
     device = pick_device(device or 'cpu')
     check_output_dir(outdir, '--outdir')  # before 30 s of rendering
     files = presets.DEMO_FILES
     net, encoder = loading.load_network(files.cond, device)
     guides = dict(uncond=loading.load_network(files.uncond, device, want_encoder=False)[0],
                   bad=loading.load_network(files.bad, device, want_encoder=False)[0], none=None)
-    methods = []
-    for label, guide, weight, interval in presets.DEMO_METHODS:
-        if guide != 'none':
-            label += f', w={weight:g}' + (f', steps [{interval[0]}, {interval[1]}]' if interval else '')
-        methods.append((label, guides[guide], build_guidance(weight, interval=interval, net=net, mode='edm2', device=device)))
+    methods = [(presets.demo_label(label, guide, weight, interval), guides[guide],
+                build_guidance(weight, interval=interval, net=net, mode='edm2', device=device))
+               for label, guide, weight, interval in presets.DEMO_METHODS]
     path = os.path.join(outdir, 'demo-comparison.png')
-    figures.render_comparison(methods, net, encoder, classes, list(seeds), path, device=device)
-    print(f'Wrote {path}: rows = ' + ', '.join(m[0] for m in methods) + f'; columns = classes {list(classes)} x seeds {list(seeds)}')
+    print(f'Sampling {len(methods)} methods x {len(classes) * len(seeds)} images on {device} '
+          f'(about 15-30 s on one CPU core)...', flush=True)
+    figures.render_comparison(methods, net, encoder, classes, seeds, path, device=device)
+    print(f'Wrote {path}: {len(methods)} rows (one per method, same seeds in every row), '
+          f'{len(classes) * len(seeds)} columns (digit classes {" ".join(map(str, classes))}; '
+          f'seeds {" ".join(map(str, seeds))} of each class)')
+    for k, (label, _gnet, _guidance) in enumerate(methods):
+        print(f'  row {k + 1}: {label}')
     return path
 
 
-FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device')
-DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose')
+FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
+DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
 
 
 def _options_given(ctx):
@@ -104,7 +124,7 @@ def _refuse_unused(given, used, mode):
         raise UserError(f'{mode}; {", ".join(unused)} would be ignored there')
 
 
-@click.command(epilog=cli.PICKLE_NOTE)
+@click.command(cls=cli.Command, epilog=cli.PICKLE_NOTE)
 @click.option('--preset', help='Configuration preset (see README), e.g. edm2-img512-s-guid-fid or demo', metavar='STR')
 @click.option('--net', help='Network pickle or .safetensors filename or URL', metavar='PATH|URL')
 @click.option('--gnet', help='Guiding network pickle or .safetensors filename or URL', metavar='PATH|URL')
@@ -115,7 +135,7 @@ def _refuse_unused(given, used, mode):
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--guidance', help='Guidance strength  [default: 1; no guidance]', type=float)
 @click.option('--guidance_interval', help='Guide only steps "[start, stop]" (inclusive indices)', metavar='"[I0, I1]"')
-@click.option('--guidance_sigma', help='Guide only noise levels "(lo, hi]"', metavar='LO,HI')
+@click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"')
 @click.option('--numerics', type=click.Choice(['edm2', 'gi']), default=None, help=cli.NUMERICS_HELP + '  [default: edm2; gi in figure mode]')
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
 @click.option('--cond_pkl', help='Figure mode: conditional network pickle or .safetensors', metavar='PKL')
@@ -124,6 +144,7 @@ def _refuse_unused(given, used, mode):
 @click.option('--results_dir', help='Figure mode: output directory', metavar='DIR', default='./results', show_default=True)
 @click.option('--seed', help='Figure mode: accepted for compatibility, unused', type=int, default=0)
 @cli.verbose_option('Print sampler details')
+@threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
          cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, **opts):
@@ -140,6 +161,9 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         if preset == 'demo' or (preset is None and net is None and not set(given) - set(DEMO_OPTIONS)):
             _refuse_unused(given, DEMO_OPTIONS, '--preset=demo renders the fixed comparison grid of the embedded demo')
             return generate_demo(outdir or 'out/demo', device=device)
+        from edmguide import presets
+        from edmguide.seeds import parse_seed_list
+        from torch_utils import distributed as dist
         interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
         if preset is not None:

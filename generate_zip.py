@@ -7,23 +7,23 @@ Command lines of upstream guidance-interval work unchanged, e.g.
         --guidance_interval="[17, 22]"
 """
 
-import os
+from edmguide import threads
 
-import click
-import torch
+threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
-from edmguide import cli, loading
-from edmguide.errors import UserError, run_cli
-from edmguide.generation import build_guidance, pick_device
-from edmguide.guidance import method_tag
-from edmguide.outputs import check_output_dir
-from edmguide.sampling import check_sampler_kwargs
-from edmguide.zipdump import dump_zip, zip_file_name
-from torch_utils import distributed as dist
+import os  # noqa: E402
+
+import click  # noqa: E402
+
+from edmguide import cli  # noqa: E402
+from edmguide.errors import UserError, run_cli  # noqa: E402
+
+RESUME_HINT = 'rerun the same command to continue where it stopped (finished images are kept)'
 
 
 def _json_value(value):
     """A sampler option as it is recorded in the settings (JSON): infinity and dtypes as strings."""
+    import torch
     if value == float('inf'):
         return 'inf'
     return str(value) if isinstance(value, torch.dtype) else value
@@ -39,6 +39,13 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
+    from edmguide import loading
+    from edmguide.generation import build_guidance, pick_device
+    from edmguide.guidance import method_tag
+    from edmguide.outputs import check_output_dir
+    from edmguide.sampling import check_sampler_kwargs
+    from edmguide.zipdump import dump_zip, zip_file_name
+    from torch_utils import distributed as dist
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
@@ -68,7 +75,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     return dict(stats, path=zip_path)
 
 
-@click.command(epilog=cli.PICKLE_NOTE)
+@click.command(cls=cli.Command, epilog=cli.PICKLE_NOTE)
 @click.option('--cond_pkl', '--net', 'cond_pkl', help='Main network pickle or .safetensors (path or URL)', metavar='PKL', required=True)
 @click.option('--uncond_pkl', '--gnet', 'uncond_pkl', help='Guiding network pickle or .safetensors: unconditional (CFG) or weaker (autoguidance)', metavar='PKL')
 @click.option('--zip_dir', help='Output directory', metavar='DIR', default='./results', show_default=True)
@@ -77,12 +84,13 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 @click.option('--batch_size_decoder', help='Decoder (VAE) batch size', type=click.IntRange(min=1), default=8, show_default=True)
 @click.option('--guidance_scale', help='Guidance weight G', type=float, default=2.0, show_default=True)
 @click.option('--guidance_interval', help='Guided step indices "[start, stop]" (inclusive) or "None" for all steps', default='[17, 22]', show_default=True)
-@click.option('--guidance_sigma', help='Guided noise range "(lo, hi]" instead of step indices', metavar='LO,HI')
+@click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP + ', instead of step indices', metavar='"(LO, HI]"')
 @click.option('--seed', help='First seed', type=int, default=0, show_default=True)
 @click.option('--numerics', type=click.Choice(['gi', 'edm2']), default='gi', show_default=True, help=cli.NUMERICS_HELP)
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
 @click.option('--overwrite', help='Replace a finished zip (or discard a work folder) made with other settings', is_flag=True)
 @cli.verbose_option('Per-batch timing')
+@threads.threads_option
 @cli.sampler_options
 def main(guidance_interval, guidance_sigma, **kwargs):
     """Generate a zip of images with guidance limited to an interval (or CFG / autoguidance)."""
@@ -91,10 +99,11 @@ def main(guidance_interval, guidance_sigma, **kwargs):
     def work():
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
+        from torch_utils import distributed as dist
         interval, sigma_range = cli.parse_guidance_options(explicit_interval, guidance_sigma)
         dist.init()
         generate_zip(guidance_interval=interval, guidance_sigma=sigma_range, **kwargs)
-    run_cli(work)
+    run_cli(work, resume_hint=RESUME_HINT)
 
 
 if __name__ == '__main__':

@@ -51,18 +51,18 @@ def time_loads(path, repeats):
     return statistics.median(wall), statistics.median(cpu)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='demo net only')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--out', help='also write the markdown table to this file')
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+SECTION = 'loading'
+TITLE = '7. load time: pickle vs safetensors'
+ORDER = 70
+
+
+def run(ctx, repeats=5):
+    """Median load times of the demo net (and, unless quick, a 31M-parameter random net) in both formats."""
+    repeats = 2 if ctx.quick else repeats
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = [('demo digits-cond', os.path.join(presets.DEMO_DIR, 'digits-cond.pkl'))]
-        if not args.quick:
+        if not ctx.quick:
             import pickle
             path = os.path.join(tmp, 'xxs.pkl')
             with open(path, 'wb') as f:
@@ -73,18 +73,34 @@ def main():
             convert.convert(pkl, st, verbose=False)
             loading.load_network(pkl)  # first load executes the embedded source; not timed
             results = {}
-            for _ in range(args.repeats):  # alternate so that load drift hits both alike
+            for _ in range(repeats):  # alternate so that load drift hits both alike
                 for kind, path in (('pickle', pkl), ('safetensors', st)):
                     results.setdefault(kind, []).append(time_loads(path, 1))
             params = sum(p.numel() for p in loading.load_network(st)[0].parameters())
             for kind, path in (('pickle', pkl), ('safetensors', st)):
-                wall = statistics.median(r[0] for r in results[kind])
-                cpu = statistics.median(r[1] for r in results[kind])
-                rows.append((label, f'{params / 1e6:.1f}M', kind, f'{os.path.getsize(path) / 2**20:.1f}',
-                             f'{wall * 1000:.0f}', f'{cpu * 1000:.0f}'))
-    table = ['| net | params | format | MiB | wall ms (median) | CPU ms (median) |',
-             '|---|---|---|---|---|---|'] + ['| ' + ' | '.join(r) + ' |' for r in rows]
-    text = '\n'.join(table) + f'\n\n{args.repeats} loads each, alternating, torch threads {args.threads}, torch {torch.__version__}.\n'
+                rows.append(dict(net=label, params=params, format=kind, mib=os.path.getsize(path) / 2**20,
+                                 wall_ms=statistics.median(r[0] for r in results[kind]) * 1000,
+                                 cpu_ms=statistics.median(r[1] for r in results[kind]) * 1000))
+    return dict(rows=rows, repeats=repeats, threads=torch.get_num_threads(), torch=torch.__version__)
+
+
+def markdown(result):
+    table = ['| net | params | format | MiB | wall ms (median) | CPU ms (median) |', '|---|---|---|---|---|---|']
+    table += [f'| {r["net"]} | {r["params"] / 1e6:.1f}M | {r["format"]} | {r["mib"]:.1f} | {r["wall_ms"]:.0f} | {r["cpu_ms"]:.0f} |'
+              for r in result['rows']]
+    return ('\n'.join(table) + f'\n\n{result["repeats"]} loads each, alternating, torch threads {result["threads"]}, '
+            f'torch {result["torch"]}.\n')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='demo net only')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--out', help='also write the markdown table to this file')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    text = markdown(run(dnnlib.EasyDict(quick=args.quick), repeats=args.repeats))
     print(text)
     if args.out:
         from edmguide.images import atomic_write

@@ -24,6 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import dnnlib  # noqa: E402
 from edmguide import loading, presets, sampling, sweep  # noqa: E402
 
 FILES = presets.DEMO_FILES
@@ -72,6 +73,31 @@ def bench(name, weights, intervals, num, batch, workdir):
                 wall_ratio=sweep_wall / sum(gen_walls), values_equal=bool(equal))
 
 
+SECTION = 'sweep'
+TITLE = '8. guidance sweeps: shared prefixes vs separate gen processes'
+ORDER = 80
+
+
+def run(ctx, num=32, batch=32, grids='all'):
+    """Both grids (the issue grid alone, 2 images, in quick mode); rows of `bench`."""
+    if ctx.quick:
+        num, batch, grids = 2, 2, 'issue'
+    chosen = {k: v for i, (k, v) in enumerate(GRIDS.items()) if grids == 'all' or grids == ('issue', 'fig5')[i]}
+    rows = [bench(name, w, i, num, batch, ctx.tmpdir) for name, (w, i) in chosen.items()]
+    return dict(rows=rows, num=num, batch=batch, omp_threads=os.environ.get('OMP_NUM_THREADS', 'unset'))
+
+
+def markdown(result):
+    lines = [f'Demo networks, {result["num"]} images, batch {result["batch"]}, OMP_NUM_THREADS={result["omp_threads"]}; '
+             'separate = one `calculate_metrics.py gen` process per setting, run one after the other.', '',
+             '| grid | settings | evals/img sweep | evals/img separate | ratio | wall sweep (s) | wall separate (s) | ratio | values equal |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for r in result['rows']:
+        lines.append(f'| {r["grid"]} | {r["settings"]} | {r["evals_sweep"]} | {r["evals_separate"]} | {r["eval_ratio"]:.3f} | '
+                     f'{r["wall_sweep"]:.1f} | {r["wall_separate"]:.1f} | {r["wall_ratio"]:.3f} | {r["values_equal"]} |')
+    return '\n'.join(lines) + '\n'
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default=None, help='results folder (default: a new temporary folder)')
@@ -81,20 +107,12 @@ def main():
     args = parser.parse_args()
     out = args.out or tempfile.mkdtemp(prefix='bench-sweep-')
     os.makedirs(out, exist_ok=True)
-    chosen = {k: v for i, (k, v) in enumerate(GRIDS.items()) if args.grids == 'all' or args.grids == ('issue', 'fig5')[i]}
-    rows = [bench(name, w, i, args.num, args.batch, out) for name, (w, i) in chosen.items()]
-    lines = [f'Demo networks, {args.num} images, batch {args.batch}, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}; '
-             'separate = one `calculate_metrics.py gen` process per setting, run one after the other.', '',
-             '| grid | settings | evals/img sweep | evals/img separate | ratio | wall sweep (s) | wall separate (s) | ratio | values equal |',
-             '|---|---|---|---|---|---|---|---|---|']
-    for r in rows:
-        lines.append(f'| {r["grid"]} | {r["settings"]} | {r["evals_sweep"]} | {r["evals_separate"]} | {r["eval_ratio"]:.3f} | '
-                     f'{r["wall_sweep"]:.1f} | {r["wall_separate"]:.1f} | {r["wall_ratio"]:.3f} | {r["values_equal"]} |')
-    text = '\n'.join(lines) + '\n'
+    result = run(dnnlib.EasyDict(quick=False, tmpdir=out), num=args.num, batch=args.batch, grids=args.grids)
+    text = markdown(result)
     with open(os.path.join(out, 'bench-sweep.md'), 'w', encoding='utf-8') as f:
         f.write(text)
     with open(os.path.join(out, 'bench-sweep.json'), 'w', encoding='utf-8') as f:
-        json.dump(rows, f, indent=1)
+        json.dump(result['rows'], f, indent=1)
     print(text)
     print(f'written to {out}')
 

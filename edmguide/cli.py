@@ -1,18 +1,22 @@
 """Option parsing shared by the command-line scripts (sampler options, guidance options, device).
 
-Only parsing and validation live here; the work is done by library functions.
+Only parsing and validation live here; the work is done by library functions. This module imports
+nothing heavy (no torch), so that `--help` and option errors answer at once.
+
+One voice: every error a script prints is one `error: <message>` line on stderr, option errors
+included (`Command`/`Group` print click's usage errors in that form, after the usage line).
 """
 
 import functools
+import sys
 
 import click
 
 from edmguide.errors import UserError
-from edmguide.guidance import parse_interval, parse_sigma_range
-from edmguide.sampling import check_sampler_kwargs
 
 NUMERICS_HELP = ("which upstream sampler's arithmetic to reproduce: 'edm2' (float32, as NVlabs/edm2) or "
                  "'gi' (float64, sigma clamped/rounded by the net, as kynkaat/guidance-interval)")
+GUIDANCE_SIGMA_HELP = 'Guide only noise levels in "(lo, hi]", e.g. "(0.1886, 1.6086]" (also accepted: lo,hi)'
 PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python code that runs when they are opened: '
                'open only pickles you trust. .safetensors files made by python -m edmguide.convert hold no code '
                '(README: "Weights without code").')
@@ -20,6 +24,7 @@ PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python cod
 
 def parse_guidance_options(interval_text, sigma_text):
     """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None)."""
+    from edmguide.guidance import parse_interval, parse_sigma_range
     interval = parse_interval(interval_text) if interval_text is not None else None
     sigma_range = parse_sigma_range(sigma_text) if sigma_text is not None else None
     if interval is not None and sigma_range is not None:
@@ -40,6 +45,7 @@ def sampler_options(func):
 
     @functools.wraps(func)
     def checked(*args, **kwargs):
+        from edmguide.sampling import check_sampler_kwargs  # imports torch: only once a command runs
         try:
             check_sampler_kwargs(kwargs)
         except UserError as exc:
@@ -59,3 +65,37 @@ def sampler_options(func):
     for option in reversed(options):
         checked = option(checked)
     return checked
+
+
+def show_click_error(exc):
+    """A click option/usage error as this project prints errors: usage hint, then `error: <message>`."""
+    ctx = getattr(exc, 'ctx', None)
+    if ctx is not None:
+        click.echo(ctx.get_usage(), err=True)
+        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
+    click.echo(f'error: {exc.format_message()}', err=True)
+
+
+class _OneVoice:
+    """`main` as click's standalone mode, but option errors print as `error: <message>`."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            show_click_error(exc)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo('interrupted', err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
+class Command(_OneVoice, click.Command):
+    """click.Command whose option errors are `error:` lines (use as `@click.command(cls=Command)`)."""
+
+
+class Group(_OneVoice, click.Group):
+    """click.Group whose option errors are `error:` lines (use as `@click.group(cls=Group)`)."""

@@ -64,8 +64,9 @@ def _first_line(exc):
     return lines[0] if lines else type(exc).__name__
 
 
-def run_cli(func, *args, **kwargs):
-    """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 quietly."""
+def run_cli(func, *args, resume_hint=None, **kwargs):
+    """Call `func`; report a `UserError` as one line and exit 1; Ctrl-C exits 130 with one line,
+    which says how to resume (`resume_hint`) where the work can be resumed."""
     try:
         return func(*args, **kwargs)
     except UserError as exc:
@@ -75,7 +76,7 @@ def run_cli(func, *args, **kwargs):
         print(f'error: {describe_os_error(exc)}', file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
+        print(f'\ninterrupted; {resume_hint}' if resume_hint else '\ninterrupted', file=sys.stderr)
         sys.exit(130)
     except RuntimeError as exc:
         if not is_lost_peer_error(exc):

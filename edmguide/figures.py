@@ -56,6 +56,27 @@ def parse_figure_names(text):
     return names
 
 
+def figure_images(name):
+    """How many images figure `name` samples (for the progress bar)."""
+    fig = FIGURES[name]
+    if fig.mode == 'G_const':
+        return sum(len(seeds) for seeds in fig.seeds) * len(fig.configs)
+    return len(fig.classes) * len(fig.configs)
+
+
+def check_figure_classes(names, net, net_path='the network'):
+    """Refuse, before anything is rendered, figures whose classes the network does not have."""
+    from edmguide.errors import UserError
+    label_dim = int(getattr(net, 'label_dim', 0) or 0)
+    if not label_dim:
+        raise UserError(f'{net_path}: the figures need a class-conditional network (label_dim is 0)')
+    too_high = [f'{name} (class {max(FIGURES[name].classes)})' for name in names if max(FIGURES[name].classes) >= label_dim]
+    if too_high:
+        raise UserError(f'{net_path} has {label_dim} classes (0..{label_dim - 1}), but {", ".join(too_high)} need more: '
+                        f"the paper's figures need ImageNet-512 class-conditional networks (1000 classes); "
+                        f'for the embedded demo use --preset=demo')
+
+
 def _scale_inset(inset, resolution):
     """Inset (x, y, s) given for 512-pixel images, scaled to `resolution` pixels."""
     return tuple(int(round(v * resolution / 512)) for v in inset)
@@ -74,8 +95,10 @@ def _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device
     return out
 
 
-def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbose=False):
-    """Render one figure of FIGURES into `<results_dir>/<name>/`; returns the written paths."""
+def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbose=False, on_images=None):
+    """Render one figure of FIGURES into `<results_dir>/<name>/`; returns the written paths.
+    `on_images(n)` is told each time n more images are sampled (a progress bar's update)."""
+    on_images = on_images or (lambda n: None)
     fig = FIGURES[name]
     rows, cols = fig.grid
     outdir = os.path.join(results_dir, name)
@@ -84,6 +107,7 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
         if fig.mode == 'G_const':
             for weight, interval in fig.configs:
                 tiles = _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose)
+                on_images(len(tiles))
                 seed_part = '_'.join(f'{s:03d}' for s in seeds)
                 path = os.path.join(outdir, f'p{class_idx:03d}-s{seed_part}-g{weight:.1f}-{method_tag(interval)}.png')
                 imagelib.save_png(path, imagelib.tile_grid(tiles, rows, cols))
@@ -92,6 +116,7 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
             tiles = []
             for weight, interval in fig.configs:
                 tiles += _class_images(net, gnet, encoder, class_idx, seeds[:1], weight, interval, device, verbose)
+                on_images(1)
             resolution = tiles[0].shape[0]
             x, y, s = _scale_inset(fig.insets[class_pos], resolution)
             boxed = [imagelib.draw_box(t, x, y, s, THICK_BOX, RED) for t in tiles]
@@ -120,14 +145,53 @@ def comparison_tiles(methods, net, encoder, column_classes, column_seeds, *, dev
     return rows
 
 
-def layout_comparison(rows, labels, *, scale=4):
-    """The labelled grid of `comparison_tiles` rows: each row a strip with its caption above it."""
-    row_images = []
-    for tiles, label in zip(rows, labels):
-        strip = imagelib.tile_grid(tiles, 1, len(tiles))
-        if scale > 1:
-            strip = np.repeat(np.repeat(strip, scale, axis=0), scale, axis=1)
-        row_images.append(imagelib.add_label(strip, label, height=14))
+GROUP_GAP = 8        # white pixels between groups of columns (the seeds of one class)
+LABEL_HEIGHT = 30    # caption strip above each row, and each line of the column headers
+LABEL_FONT = 20      # caption font size (pixels); legible at README's display width
+
+
+def layout_comparison(rows, labels, *, scale=4, column_headers=None, group_size=None, gap=GROUP_GAP,
+                      label_height=LABEL_HEIGHT, font_size=LABEL_FONT):
+    """The labelled grid of `comparison_tiles` rows.
+
+    Each row is a strip of its tiles (enlarged `scale` times) with its caption above it. Columns
+    come in groups of `group_size` (the seeds of one class), separated by `gap` white pixels, and
+    `column_headers` = (group titles, column titles) head the grid in two lines, e.g.
+    (['class 3', ...], ['seed 0', 'seed 1', ...]).
+    """
+    num_cols = len(rows[0])
+    group_size = group_size or num_cols
+    tile_w = rows[0][0].shape[1] * scale
+
+    def strip_of(tiles):
+        parts = []
+        for start in range(0, num_cols, group_size):
+            group = imagelib.tile_grid(tiles[start:start + group_size], 1, len(tiles[start:start + group_size]))
+            if scale > 1:
+                group = np.repeat(np.repeat(group, scale, axis=0), scale, axis=1)
+            group = imagelib.to_hwc_uint8(group)
+            if group.shape[2] == 1:
+                group = np.repeat(group, 3, axis=2)
+            if parts:
+                parts.append(np.full([group.shape[0], gap, 3], 255, dtype=np.uint8))
+            parts.append(group)
+        return np.concatenate(parts, axis=1)
+
+    def x_of(col):  # left pixel of column `col`
+        return col * tile_w + (col // group_size) * gap
+
+    row_images = [imagelib.add_label(strip_of(tiles), label, height=label_height, font_size=font_size)
+                  for tiles, label in zip(rows, labels)]
+    width = row_images[0].shape[1]
+    if column_headers is not None:
+        group_titles, column_titles = column_headers
+        group_spans = [(x_of(g * group_size), x_of(min((g + 1) * group_size, num_cols) - 1) + tile_w)
+                       for g in range(len(group_titles))]
+        column_spans = [(x_of(c), x_of(c) + tile_w) for c in range(num_cols)]
+        header = [imagelib.text_strip(width, label_height, list(zip(group_spans, group_titles)), font_size=font_size),
+                  imagelib.text_strip(width, label_height, list(zip(column_spans, column_titles)),
+                                      font_size=int(font_size * 0.8), color=(90, 90, 90))]
+        row_images = header + row_images
     return np.concatenate(row_images, axis=0)
 
 
@@ -139,6 +203,8 @@ def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device=
     column_seeds = [s for _ in classes for s in seeds]
     column_classes = [c for c in classes for _ in seeds]
     rows = comparison_tiles(methods, net, encoder, column_classes, column_seeds, device=device, mode=mode)
-    grid = layout_comparison(rows, [label for label, _gnet, _guidance in methods], scale=scale)
+    headers = ([f'class {c}' for c in classes], [f'seed {s}' for s in column_seeds])
+    grid = layout_comparison(rows, [label for label, _gnet, _guidance in methods], scale=scale,
+                             column_headers=headers, group_size=len(seeds))
     imagelib.save_png(outpath, grid)
     return grid

@@ -140,13 +140,37 @@ def zoom_inset(image, x, y, size):
     return to_hwc_uint8(np.asarray(crop))
 
 
-def add_label(image, text, height=None):
-    """Image with a white caption strip above it (for the demo comparison grid)."""
+def label_font(size):
+    """PIL's bundled scalable font at `size` pixels (Pillow >= 10.1), else its small bitmap font."""
+    import PIL.ImageFont
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # older Pillow, or no FreeType
+        return PIL.ImageFont.load_default()
+
+
+def text_strip(width, height, items, *, font_size=20, color=(0, 0, 0), background=(255, 255, 255)):
+    """A `height` x `width` RGB strip with each text centred in its (x0, x1) span: items = [((x0, x1), text)]."""
+    strip = PIL.Image.new('RGB', (width, height), background)
+    draw = PIL.ImageDraw.Draw(strip)
+    font = label_font(font_size)
+    for (x0, x1), text in items:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        x = x0 + max((x1 - x0 - (right - left)) // 2, 0) - left
+        draw.text((x, (height - (bottom - top)) // 2 - top), text, fill=color, font=font)
+    return np.asarray(strip)
+
+
+def add_label(image, text, height=None, font_size=None):
+    """Image with a white caption strip above it (for the demo comparison grid). The caption is
+    drawn at `font_size` pixels (default: about 2/3 of the strip's height)."""
     hwc = to_hwc_uint8(image)
     if hwc.shape[2] == 1:
         hwc = np.repeat(hwc, 3, axis=2)
     height = height or max(12, hwc.shape[1] // 12)
     strip = PIL.Image.new('RGB', (hwc.shape[1], height), (255, 255, 255))
     draw = PIL.ImageDraw.Draw(strip)
-    draw.text((3, max(0, (height - 11) // 2)), text, fill=(0, 0, 0))
+    font = label_font(font_size or max(int(height * 0.65), 10))
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text((6 - left, (height - (bottom - top)) // 2 - top), text, fill=(0, 0, 0), font=font)
     return np.concatenate([np.asarray(strip), hwc], axis=0)

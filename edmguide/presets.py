@@ -66,9 +66,10 @@ PRESETS = {
 # The embedded demo (handwritten digits, trained by this project; see README "Demo results").
 # The networks load from .safetensors conversions of the shipped pickles (no code runs; see
 # edmguide/demo/assets/TRAINING.md); the pickles stay for upstream-compatibility tests.
-# The interval is the paper's EDM2-S FID interval; the grid uses one weight, 2, for every guided row
-# so that guidance is visible (FD-optimal weights from docs/demo-sweep.md are 1.1 to 1.25).
-DEMO_WEIGHT = 2.0
+# The interval is the paper's EDM2-S FID interval; the grid uses one weight, 3, for every guided row
+# so that what guidance does is visible at a glance (speckled backgrounds with CFG, changed strokes
+# with autoguidance); the FD-optimal weights from docs/demo-sweep.md are 1.1 to 1.25.
+DEMO_WEIGHT = 3.0
 DEMO_INTERVAL = (15, 21)
 DEMO_FILES = dnnlib.EasyDict(
     cond=os.path.join(DEMO_DIR, 'digits-cond.safetensors'),
@@ -86,6 +87,11 @@ def get_preset(name):
     preset = PRESETS.get(name)
     return None if preset is None else dnnlib.EasyDict(preset)
 
+# Columns of the demo grid: these digit classes, the same seeds for each class.
+# Five classes (15 columns) keep the demo quick; 3, 8 and 9 show the differences most clearly.
+DEMO_CLASSES = (2, 3, 5, 8, 9)
+DEMO_SEEDS = (0, 1, 2)
+
 # Rows of the demo comparison grid: (label, guiding net: none/uncond/bad, weight, step interval).
 DEMO_METHODS = (
     ('no guidance', 'none', 1.0, None),
@@ -94,3 +100,11 @@ DEMO_METHODS = (
     ('autoguidance', 'bad', DEMO_WEIGHT, None),
     ('autoguidance + interval', 'bad', DEMO_WEIGHT, DEMO_INTERVAL),
 )
+
+
+def demo_label(name, guide, weight, interval):
+    """A row caption of the demo grid, e.g. 'guidance interval (w = 2, steps 15-21 of 32)'."""
+    if guide == 'none':
+        return name
+    steps = f'steps {interval[0]}-{interval[1]} of 32' if interval else 'all steps'
+    return f'{name} (w = {weight:g}, {steps})'

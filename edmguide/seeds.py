@@ -275,3 +275,23 @@ def deal_chunks(chunks, world_size=1, rank=0):
     return mine + [np.arange(0)] * (per_rank - len(mine))
 
 #----------------------------------------------------------------------------
+
+def images_per_step(per_rank_batches, count=len):
+    """Images made across all ranks at each batch step, from every rank's batch list (rank 0's
+    progress bar counts these, not its own batch times the number of ranks, which overcounts the
+    padded last steps). `count(indices)` says how many of a batch's images count (default: all).
+    Computed per step on demand, so lazy batch lists of a billion seeds stay lazy."""
+    return _StepImages(per_rank_batches, count)
+
+
+class _StepImages:
+    def __init__(self, per_rank_batches, count):
+        self.per_rank_batches, self.count = per_rank_batches, count
+
+    def __len__(self):
+        return max((len(b) for b in self.per_rank_batches), default=0)
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return sum(self.count(b[i]) for b in self.per_rank_batches if i < len(b))

@@ -25,7 +25,6 @@ import pickle
 import re
 
 import torch
-import tqdm
 
 import dnnlib
 from edmguide import images as imagelib, loading, sampling, seeds as seedlib, sweep_report
@@ -33,6 +32,7 @@ from edmguide.errors import UserError
 from edmguide.generation import build_guidance, generate_setting_batches, pick_device
 from edmguide.guidance import parse_interval, parse_sigma_range
 from edmguide.metrics import accumulators, pipeline, stats as stats_lib
+from edmguide.progress import progress_bar
 from torch_utils import distributed as dist
 
 SETTINGS_FILE = 'sweep-settings.json'
@@ -289,9 +289,9 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
     per_batch = [len(seedlib.rank_batches(num_images, max_batch_size, world_size, r)[0]) for r in range(world_size)]
     images_done = min(num_images, done * sum(per_batch))
     saving = 1 - (made.net + made.gnet) / (separate.net + separate.gnet)
-    bar = tqdm.tqdm(total=len(settings) * num_images, initial=len(settings) * images_done, unit='img',
-                    desc=f'Sweep ({len(settings)} settings)', leave=False, dynamic_ncols=True,
-                    disable=(True if not progress or rank != 0 else None))
+    bar = progress_bar(total=len(settings) * num_images, initial=len(settings) * images_done, unit='img',
+                       desc=f'Sweep ({len(settings)} settings)', leave=False, dynamic_ncols=True,
+                       disable=(True if not progress or rank != 0 else None))
     bar.set_postfix_str(f'{made.net + made.gnet} of {separate.net + separate.gnet} evals/img, {saving:.0%} saved')
     batch_idx = done
     with bar, torch.no_grad():

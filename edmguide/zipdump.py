@@ -27,13 +27,13 @@ import time
 import zipfile
 
 import PIL.Image
-import tqdm
 
 from edmguide import images as imagelib, seeds as seedlib
 from edmguide.errors import UserError, describe_os_error
 from edmguide.runlock import LOCK_NAME, RunLock
 from edmguide.generation import generate_batches
 from edmguide.loading import network_stem
+from edmguide.progress import progress_bar
 from torch_utils import distributed as dist
 
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
@@ -296,8 +296,11 @@ def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gn
     if done and rank == 0:
         print(f'Resuming: {len(done)} of {len(seeds)} images already done.')
     timing = dict(sampling=0.0, decoding=0.0, writing=0.0)
-    bar = tqdm.tqdm(total=len(seeds), initial=len(done), unit='img', disable=(not progress or rank != 0),
-                    dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(seeds), initial=len(done), unit='img', desc='Generating',
+                       disable=(not progress or rank != 0), dynamic_ncols=True, smoothing=0.1)
+    # Images finished across all ranks at each of rank 0's batches (the last steps may be padded).
+    step_images = seedlib.images_per_step([seedlib.deal_chunks(pending, world_size, r) for r in range(world_size)],
+                                          count=lambda chunk: sum(int(k) not in done for k in chunk))
     writing_lock_free = []  # per-image write durations, appended by worker threads
 
     def write_one(k, image):
@@ -315,7 +318,7 @@ def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gn
                 writes.pop(0).result()
             timing['sampling'] += batch.timing.sampling
             timing['decoding'] += batch.timing.decoding
-            bar.update(sum(int(k) not in done for k in batch.indices) * world_size)
+            bar.update(step_images[batch.batch_idx])
             if verbose and rank == 0:
                 bar.write(f'batch {batch.batch_idx + 1}/{batch.num_batches}: sampling {batch.timing.sampling:.2f}s, '
                           f'decoding {batch.timing.decoding:.2f}s, evaluations/img net {batch.counter.net}, gnet {batch.counter.gnet}')

@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/run_benchmarks.py: --quick on tiny sizes writes the table and JSON
-with every section (the precision section through its CPU code path, torch.compile skipped)."""
+with every section (the precision section through its CPU code path, torch.compile skipped), and
+every benchmarks/bench_*.py module exposes the runner's interface."""
 
 import json
 import os
@@ -20,11 +21,15 @@ def test_quick_run_writes_all_sections(tmp_path):
     markdown = (out / 'smoke.md').read_text()
     assert markdown.strip() in proc.stdout
 
-    for section in ('sampler', 'pipeline', 'frechet', 'features', 'precision'):
+    for section in ('sampler', 'pipeline', 'frechet', 'features', 'precision', 'threads'):
         assert section in result, section
     for heading in ('## 1. Sampler', '## 2. generate_zip overhead', '## 3. Fréchet distance',
-                    '## 4. Feature extraction', '## 5. Precision'):
+                    '## 4. Feature extraction', '## 5. Precision', '## 6. CPU threads'):
         assert heading in markdown, heading
+    threads = result['threads']
+    assert {r['setting'] for r in threads['rows']} >= {'1 thread', 'rule (idle usable cores, passive waits)'}
+    assert [r['torch_threads'] for r in threads['rows'] if r['setting'] == '1 thread'] == [1]
+    assert len(threads['help']) == 4 and all(h['median_s'] > 0 for h in threads['help'])
     assert result['machine']['torch'] and 'cpu_model' in result['machine']
 
     # Evaluation counts follow from the schedule (8 steps = 15 evaluations; interval [3, 5] = 3 guided steps).
@@ -59,3 +64,17 @@ def test_quick_run_writes_all_sections(tmp_path):
     assert rows['fp16 eager (upstream)']['rel_err_vs_upstream'] == 0
     assert rows['fp16 channels-last']['rel_err_vs_upstream'] < 1e-2
     assert rows['bf16 eager']['rel_err_vs_fp32'] < 5e-2
+
+
+def test_runner_picks_up_every_bench_module_and_writes_to_a_temp_folder_by_default():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import run_benchmarks
+        modules = run_benchmarks.discover(log=lambda msg: None)
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    files = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'benchmarks')) if f.startswith('bench_') and f.endswith('.py'))
+    assert sorted(m.__name__ for m in modules) == files
+    assert [m.ORDER for m in modules] == sorted(m.ORDER for m in modules)
+    source = open(SCRIPT).read()
+    assert "default=None, help='output folder (default: a new temporary folder" in source

@@ -505,3 +505,18 @@ def test_help_of_every_form_that_opens_a_pickle_says_it_runs_code():
                       (calculate_metrics.edm2_cli, ['gen', '--help'])]:
         text = ' '.join(invoke(cli, args).output.split())
         assert 'contain Python code that runs when they are opened' in text, args
+
+
+def test_errors_with_an_obvious_next_step_name_it(cache, image_dir, other_ref, monkeypatch):
+    from edmguide.errors import UserError
+    from edmguide.metrics import pipeline
+    ref_path, _ = other_ref
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', ref_path, '--workers', '0',
+                                                 '--num', '13'])
+    assert_one_line_error(result, 'expected at least 13', '--num=12')
+
+    def no_inception(name, **kwargs):
+        raise UserError('cannot load the Inception-v3 detector: not in the cache')
+    monkeypatch.setattr(detectors, 'get_detector', no_inception)
+    with pytest.raises(UserError, match='use --metrics=fd_digits'):
+        pipeline.build_detectors(['fid'])

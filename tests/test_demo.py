@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 
 import generate_images
-from edmguide import presets
+from edmguide import figures, presets
 from cli_helpers import invoke, run_script
 
 ROWS = len(presets.DEMO_METHODS)
@@ -17,15 +17,27 @@ def test_readme_demo_command_writes_a_labelled_grid_whose_rows_differ(tmp_path):
     result = invoke(generate_images.main, ['--preset=demo', f'--outdir={tmp_path}'])
     assert result.exit_code == 0, result.output
     grid = np.asarray(PIL.Image.open(tmp_path / 'demo-comparison.png').convert('RGB'))
-    scale, label_height, res, columns = 4, 14, 16, 10 * 3
-    assert grid.shape == (ROWS * (label_height + res * scale), columns * res * scale, 3)
-    row_height = label_height + res * scale
-    panels = [grid[r * row_height + label_height:(r + 1) * row_height] for r in range(ROWS)]
+    scale, label_height, res = 4, figures.LABEL_HEIGHT, 16
+    classes, seeds = len(presets.DEMO_CLASSES), len(presets.DEMO_SEEDS)
+    tile = res * scale
+    # Two header lines (classes, seeds), then per row a caption strip and the tiles; the classes'
+    # groups of columns are separated by white gaps.
+    width = classes * seeds * tile + (classes - 1) * figures.GROUP_GAP
+    assert grid.shape == (2 * label_height + ROWS * (label_height + tile), width, 3)
+    top = 2 * label_height
+    row_height = label_height + tile
+    panels = [grid[top + r * row_height + label_height:top + (r + 1) * row_height] for r in range(ROWS)]
     for a in range(ROWS):
         for b in range(a + 1, ROWS):
             assert not np.array_equal(panels[a], panels[b]), (presets.DEMO_METHODS[a][0], presets.DEMO_METHODS[b][0])
-    labels = [grid[r * row_height:r * row_height + label_height] for r in range(ROWS)]
+    gap_x = seeds * tile
+    assert (panels[0][:, gap_x:gap_x + figures.GROUP_GAP] == 255).all()  # white gap after the first class
+    labels = [grid[top + r * row_height:top + r * row_height + label_height] for r in range(ROWS)]
     assert all((label < 128).any() for label in labels)  # every row carries its caption
+    assert (grid[:label_height] < 128).any() and (grid[label_height:top] < 160).any()  # column headers
+    # The printed row list: one row per line, captions without commas between them.
+    rows = [line for line in result.output.splitlines() if line.lstrip().startswith('row ')]
+    assert len(rows) == ROWS and rows[1].strip() == f'row 2: CFG (w = {presets.DEMO_WEIGHT:g}, all steps)'
 
 
 def test_no_model_arguments_means_the_demo(tmp_path, monkeypatch):

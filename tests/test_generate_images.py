@@ -177,3 +177,11 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path, device):
     result = invoke(generate_images.main, ['--preset=demo', '--outdir', tmp_path / 'out', '--device', device])
     assert result.exit_code == 1 and f"error: --device '{device}'" in result.output and 'Traceback' not in result.output
     assert not (tmp_path / 'out').exists()
+
+
+def test_figures_with_classes_the_network_lacks_fail_before_rendering(tmp_path):
+    from edmguide import presets
+    result = invoke(generate_images.main, ['--cond_pkl', presets.DEMO_FILES.cond, '--uncond_pkl', presets.DEMO_FILES.uncond,
+                                           '--figs', 'fig6,fig5', '--results_dir', tmp_path])
+    assert_one_line_error(result, '10 classes', 'fig6 (class 933)', 'fig5 (class 959)', 'ImageNet-512', '--preset=demo')
+    assert 'Rendering' not in result.output and not any(tmp_path.iterdir())

@@ -7,6 +7,7 @@ degrades to its single-process meaning, so library code can call them
 unconditionally.
 """
 
+import atexit
 import os
 import re
 
@@ -36,12 +37,22 @@ def init() -> None:
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
         torch.distributed.init_process_group(backend='nccl' if use_cuda else 'gloo', init_method='env://')
+        atexit.register(_shutdown)
     if _group_active() and torch.distributed.get_world_size() > 1:
         backend = torch.distributed.get_backend()
         _sync_device = torch.device('cuda', torch.cuda.current_device()) if backend == 'nccl' else torch.device('cpu')
     else:
         _sync_device = None
     training_stats.init_multiprocessing(rank=get_rank(), sync_device=_sync_device)
+
+def _shutdown() -> None:
+    """Leave the process group at interpreter exit: a group torn down implicitly may abort the
+    process ("terminate called without an active exception" from gloo's threads)."""
+    try:
+        if _group_active():
+            torch.distributed.destroy_process_group()
+    except Exception: # pylint: disable=broad-except
+        pass
 
 def get_rank() -> int:
     """Rank of this process (0 when single process)."""

@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 import torch
-import tqdm
 
 from edmguide import generation, loading, seeds as seedlib
 from edmguide.errors import UserError, with_path
@@ -21,6 +20,7 @@ from edmguide.metrics import detectors, stats as stats_lib
 from edmguide.metrics.frechet import frechet_distance
 from edmguide.metrics.image_files import ImageFiles, collate_images
 from edmguide.outputs import check_output_dir, check_output_file
+from edmguide.progress import progress_bar
 from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')
@@ -54,15 +54,28 @@ def _note0(*args):
 def build_detectors(metrics, detector_kwargs=None):
     """{metric: detector}, loaded before any image is read so a missing detector fails early."""
     detector_kwargs = detector_kwargs or {}
-    return {name: detectors.get_detector(name, **detector_kwargs.get(name, {})) for name in metrics}
+    dets = {}
+    for name in metrics:
+        try:
+            dets[name] = detectors.get_detector(name, **detector_kwargs.get(name, {}))
+        except UserError as exc:
+            if name not in DEFAULT_METRICS:
+                raise
+            raise UserError(f'{exc}; {DEMO_METRIC_HINT}') from exc
+    return dets
+
+DEMO_METRIC_HINT = ("for the embedded demo's digits, which need no download, use --metrics=fd_digits "
+                    "(--metric=fd_digits in the guidance-interval form)")
 
 def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=None,
-                  expected_dims=None, num_batches=None, source='images', progress=True):
+                  expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
     """Statistics of uint8 NCHW image batches for each metric, summed over all ranks.
 
     `batches` yields tensors (or `(tensor, error_message)` pairs from `iter_image_file_batches`).
     `expected_dims` {metric: D} (the reference's) is checked on the first batch, so a detector
     that does not match the reference fails at once rather than after the whole pass.
+    The progress bar counts images: `total_images` (all ranks) is its total and `step_images[i]` the
+    images all ranks together measure at batch i (default: this rank's batch).
     Returns the upstream stats dict {'num_images': n, metric: {'mu', 'sigma'}} (float64).
     """
     device = pick_device(device, note=False)
@@ -71,12 +84,12 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
     accumulators = {name: stats_lib.FeatureStats() for name in metrics}
     rank = dist.get_rank()
     failure = None
-    # disable=None: no bar when stderr is not a terminal (logs); leave=False + the context manager
-    # clear the bar on errors too, so an error message starts on a clean line.
-    with tqdm.tqdm(total=num_batches, unit='batch', desc='Computing features', leave=False,
-                   disable=(True if not progress or rank != 0 else None)) as bar, torch.no_grad():
+    # A bar on a terminal, periodic lines with ETA in logs; leave=False + the context manager
+    # clear the bar on errors too, so an error message starts on a clean line. Counts images.
+    with progress_bar(total=total_images, unit='img', desc='Computing features', leave=False,
+                      disable=not progress or rank != 0) as bar, torch.no_grad():
         try:
-            for batch in batches:
+            for step, batch in enumerate(batches):
                 if isinstance(batch, tuple):
                     batch, error = batch
                     if error:
@@ -89,7 +102,7 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
                         raise UserError(f'the {name} detector gives {features.shape[1]} features, '
                                         f'but the reference has {dim}')
                     accumulators[name].update(features)
-                bar.update(1)
+                bar.update(step_images[step] if step_images and step < len(step_images) else images.shape[0])
         except UserError as exc:
             failure = str(exc)
     _raise_on_every_rank(failure, device)
@@ -123,10 +136,13 @@ def _raise_on_every_rank(failure, device):
     if failure is not None:
         raise UserError(failure)
 
+def _nonempty_chunks(num, max_batch_size, world_size, rank):
+    return [c for c in seedlib.rank_batches(num, max_batch_size, world_size, rank) if len(c)]
+
 def iter_image_file_batches(dataset, max_batch_size=64, num_workers=2, rank=0, world_size=1):
     """DataLoader over this rank's chunks of an ImageFiles set (split as seeds are split for
     generation); yields (uint8 NCHW, error) pairs. Returns (loader, number of batches)."""
-    chunks = [c for c in seedlib.rank_batches(len(dataset), max_batch_size, world_size, rank) if len(c)]
+    chunks = _nonempty_chunks(len(dataset), max_batch_size, world_size, rank)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers,
                                          collate_fn=collate_images,
                                          prefetch_factor=(2 if num_workers > 0 else None))
@@ -138,14 +154,17 @@ def compute_stats_for_images(image_path, metrics, *, max_size=None, seed=0, max_
     """Statistics of an image directory/zip (all images, or a seeded subset of `max_size`)."""
     dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
     if max_size is not None and dataset.num_found < max_size:
-        raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}')
+        raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}; '
+                        f'use --num={dataset.num_found} (or fewer) to measure them')
     if len(dataset) < min_images:
         raise UserError(f'{image_path}: Found {len(dataset)} images, but need at least {min_images}')
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    loader, num_batches = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
+    loader, _num_batches = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
+    step_images = seedlib.images_per_step([_nonempty_chunks(len(dataset), max_batch_size, world_size, r)
+                                           for r in range(world_size)])
     return compute_stats(loader, metrics, device=device, dets=dets, expected_dims=expected_dims,
-                         num_batches=num_batches, source=image_path, progress=progress)
+                         total_images=len(dataset), step_images=step_images, source=image_path, progress=progress)
 
 #----------------------------------------------------------------------------
 # Comparing with a reference.
@@ -225,15 +244,15 @@ def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_
     return stats
 
 def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, ref=None,
-                               device=None, dets=None, progress=True):
+                               device=None, dets=None, progress=True, step_images=None):
     """EDM2 `gen`: FD of images coming from a generation iterator (EasyDicts with `.images`)."""
     ref = ref if ref is not None else stats_lib.load_reference(ref_path)
     metrics = resolve_metrics(metrics, ref, ref_path)
     dims = reference_dims(ref, metrics, ref_path)
     dets = dets if dets is not None else build_detectors(metrics)
     images = (batch.images for batch in batches)
-    stats = compute_stats(images, metrics, device=device, dets=dets, expected_dims=dims,
-                          source='generated images', progress=progress)
+    stats = compute_stats(images, metrics, device=device, dets=dets, expected_dims=dims, total_images=num_images,
+                          step_images=step_images, source='generated images', progress=progress)
     if stats['num_images'] != num_images:
         raise UserError(f'generated {stats["num_images"]} images, expected {num_images}')
     return frechet_to_reference(stats, ref, metrics, ref_path)
@@ -262,8 +281,10 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
                                           guidance=schedule, class_idx=class_idx,
                                           max_batch_size=max_batch_size, device=device, rank=rank,
                                           world_size=world_size, mode=mode, **sampler_kwargs)
+    step_images = seedlib.images_per_step([_nonempty_chunks(num_images, max_batch_size, world_size, r)
+                                           for r in range(world_size)])
     return calc_metrics_for_generator(batches, num_images, ref_path, metrics, ref=ref, device=device,
-                                      dets=dets, progress=progress)
+                                      dets=dets, progress=progress, step_images=step_images)
 
 def gi_result_name(gen_zip):
     """The 'gen_zip' field of guidance-interval's jsonl: basename cut at the first '.zip'."""

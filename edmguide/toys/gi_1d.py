@@ -15,6 +15,8 @@ The figure shows, per method, sample trajectories (x against σ, σ log-scale, h
 and a histogram of the final samples against the true class densities.
 """
 
+import matplotlib.lines
+import matplotlib.patches
 import numpy as np
 import torch
 
@@ -97,7 +99,9 @@ def render(path, *, num_samples=None, seed=0):
         ax.set_ylim(0, max(dens_a.max() * 1.6, counts.max() * 1.05))
         if col == 0:
             ax.legend(fontsize=8, loc='upper left')
-    fig.suptitle('Guidance interval, 1D toy with the ideal denoiser: sampling class A (orange)', fontsize=12)
+    fig.suptitle('Guidance interval, 1D toy with the ideal denoiser: sampling class A (two modes) next to class B '
+                 '(grey, overlapping A\'s right mode)\ntop: sample paths, from high noise (bottom of each panel) to the '
+                 'final sample (top); bottom: final samples against the true class A density', fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
     return results
@@ -107,15 +111,22 @@ def _plot_trajectories(ax, sigmas, traj, guidance, title):
     """x against σ (log-scale, decreasing to the right); the last level σ = 0 is drawn at σ_min/2."""
     s = sigmas.copy()
     s[-1] = SIGMA_MIN / 2
-    colors = np.where(traj[-1] < 0, 'tab:purple', 'tab:green')
+    ends_left = traj[-1] < 0
     for j in range(traj.shape[1]):
-        ax.plot(traj[:, j], s, color=colors[j], lw=0.6, alpha=0.7)
-    for lo, hi, _w in guidance.segments:
+        ax.plot(traj[:, j], s, color='tab:purple' if ends_left[j] else 'tab:green', lw=0.6, alpha=0.7)
+    handles = [matplotlib.lines.Line2D([], [], color='tab:purple', lw=1.5,
+                                       label=f'path ending in the left mode ({ends_left.mean():.0%} of {len(ends_left)})'),
+               matplotlib.lines.Line2D([], [], color='tab:green', lw=1.5,
+                                       label=f'path ending in the right mode ({1 - ends_left.mean():.0%} of {len(ends_left)})')]
+    for lo, hi, w in guidance.segments:
         ax.axhspan(max(lo, s[-1]), min(hi, SIGMA_MAX), color='tab:red', alpha=0.08, lw=0)
+    if guidance.segments:
+        handles.append(matplotlib.patches.Patch(color='tab:red', alpha=0.15, label=f'guided noise levels (w = {guidance.segments[0][2]:g})'))
+    ax.legend(handles=handles, fontsize=7, loc='upper center', framealpha=0.9)
     ax.set_yscale('log')
     ax.invert_yaxis()
     ax.set_xlim(-2.5, 3.0)
     ax.set_title(title)
-    ax.set_ylabel('σ (red band: guided)')
+    ax.set_ylabel('noise level σ (log scale)')
 
 #----------------------------------------------------------------------------
