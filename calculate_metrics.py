@@ -1,4 +1,4 @@
-"""Fréchet metrics (FID, FD_DINOv2) of generated images, in both upstream command-line forms.
+"""Fréchet metrics (FID, FD_DINOv2) and precision/recall of generated images, in both upstream command-line forms.
 
 Guidance-interval form (one metric of a zip, result appended to <results_dir>/<metric>.jsonl):
 
@@ -7,11 +7,12 @@ Guidance-interval form (one metric of a zip, result appended to <results_dir>/<m
 EDM2 form (subcommands):
 
     python calculate_metrics.py calc --images=DIR_OR_ZIP --ref=REF.pkl [--metrics=fid,fd_dinov2]
-    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl
+    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl [--metrics=fid,fd_dinov2,pr]
     python calculate_metrics.py gen  --net=NET.pkl [--gnet=G.pkl --guidance=2 --guidance_interval="[17, 22]"] --ref=REF.pkl
 
-References are upstream stats pickles or EDM v1 .npz files (paths or URLs). Detectors come from
-the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
+References are upstream stats pickles or EDM v1 .npz files (paths or URLs); precision/recall ('pr')
+needs a reference made by `ref --metrics=pr`, which stores the reference features. Detectors come
+from the dnnlib cache (Inception and VGG-16 pickles) and torch hub (DINOv2), downloaded on first use.
 """
 
 import sys
@@ -20,7 +21,7 @@ import click
 
 from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options
 from edmguide.errors import run_cli
-from edmguide.metrics import detectors, pipeline
+from edmguide.metrics import detectors, pipeline, precision_recall
 from torch_utils import distributed as dist
 
 SUBCOMMANDS = ('calc', 'gen', 'ref')
@@ -48,21 +49,25 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
 @click.option('--results_dir', help='Where <metric>.jsonl is appended', type=str, default='./results', show_default=True)
-@click.option('--metric', help="Metric: 'fid', 'fd_dinov2' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
+@click.option('--metric', help="Metric: 'fid', 'fd_dinov2', 'pr' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
 @click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
-    value, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
-                          results_dir=results_dir, batch_size=batch_size, device=device)
-    print(f'{detectors.metric_label(metric)} = {value:.2f}')
+    results, _num = run_cli(pipeline.gi_calculate_metric, gen_zip, ref_path, metric=metric,
+                            results_dir=results_dir, batch_size=batch_size, device=device)
+    if detectors.metric_kind(metric) == 'frechet':
+        print(f'{detectors.metric_label(metric)} = {results[metric]:.2f}')
+    else: # shares in [0, 1]: three decimals, as papers report them
+        for name, value in results.items():
+            print(f'{name.capitalize()} = {value:.3f}')
 
 #----------------------------------------------------------------------------
 # EDM2 form.
 
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
 def edm2_cli():
-    """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
+    """Calculate Fréchet metrics and precision/recall of image sets or of a network's samples (EDM2 form)."""
     dist.init() # joins the process group under torchrun; nothing in a single process
 
 @edm2_cli.command()
@@ -84,15 +89,17 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @edm2_cli.command()
 @click.option('--data', 'image_path', help='Directory or zip of dataset images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--dest', 'dest_path', help='Output statistics pickle', metavar='PKL', type=str, required=True)
-@click.option('--metrics', help='Comma-separated metrics', type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--metrics', help="Comma-separated metrics ('pr' stores the features themselves)", type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--pr_num', 'max_pr_images', help='Most images whose features precision/recall stores (seeded subset)', type=click.IntRange(min=4), default=precision_recall.MAX_REAL, show_default=True)
+@click.option('--seed', help='Random seed for choosing the precision/recall subset', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
-def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
-    """Reference statistics of a dataset, saved as a pickle."""
+def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device):
+    """Reference statistics (and precision/recall features) of a dataset, saved as a pickle."""
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=device))
+        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 

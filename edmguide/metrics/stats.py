@@ -4,7 +4,8 @@ Sums are kept in float64: with 50k images of 2048 features, float32 sums of f^T 
 digits of the covariance, which FID then amplifies. Partial sums from several processes are added
 with an all-reduce, so the result does not depend on how images were split across ranks.
 File format (as upstream EDM2): a pickle of `{'num_images': n, '<metric>': {'mu', 'sigma'}}`, or an
-EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only).
+EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only). Precision/recall metrics store the reference
+features themselves instead, as `'<metric>': {'features': float16 [N, D]}`, next to any statistics.
 """
 
 import os
@@ -93,9 +94,13 @@ def load_reference(path_or_url):
     if not isinstance(ref, dict):
         raise UserError(f'{path_or_url}: not a statistics file (got {type(ref).__name__}, expected a dict)')
     for name, value in ref.items():
-        if name != 'num_images' and (not isinstance(value, dict) or 'mu' not in value or 'sigma' not in value):
-            raise UserError(f'{path_or_url}: entry "{name}" has no "mu"/"sigma" arrays')
+        if name != 'num_images' and not is_reference_entry(value):
+            raise UserError(f'{path_or_url}: entry "{name}" has no "mu"/"sigma" arrays (nor "features")')
     return ref
+
+def is_reference_entry(value):
+    """A metric's entry: Fréchet statistics {'mu', 'sigma'} or precision/recall {'features'}."""
+    return isinstance(value, dict) and (('mu' in value and 'sigma' in value) or 'features' in value)
 
 def reference_metrics(ref):
     """Names of the metrics a reference holds statistics for."""
