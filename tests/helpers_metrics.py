@@ -46,8 +46,8 @@ class FakeVGG16(torch.nn.Module):
         return fake_vgg16_features(x)
 
 def fake_vgg16_features(x):
-    """The fake's features: 2x2 average pooling per channel, in 0..255 units."""
-    return torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(x).to(torch.float32), 2).flatten(1)
+    """The fake's features: 2x2 average pooling per channel, in 0..10 units (float16 range for distances)."""
+    return torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(x).to(torch.float32) / 25.5, 2).flatten(1)
 
 FAKE_HUBCONF = textwrap.dedent('''\
     """Fake DINOv2 hub entry point for offline tests (returns a tiny module)."""

@@ -184,7 +184,9 @@ class PRFeatures:
 
     def reference_entry(self):
         """What a reference file stores for this metric: {'features': float16 numpy [N, D]}."""
-        return {'features': self.features().cpu().numpy().astype(np.float16)}
+        features = self.features()
+        check_float16_range(features, 'reference')
+        return {'features': features.cpu().numpy().astype(np.float16)}
 
 def pr_results(acc, ref_entry, *, device=None, k=NHOOD_SIZE, row_block=ROW_BLOCK, col_block=COL_BLOCK):
     """{'precision': p, 'recall': r} of an accumulator's (generated) features against a reference entry."""
