@@ -1,4 +1,4 @@
-"""Fréchet metrics (FID, FD_DINOv2) of generated images, in both upstream command-line forms.
+"""Fréchet metrics (FID, FD_DINOv2) and precision/recall of generated images, in both upstream command-line forms.
 
 Guidance-interval form (one metric of a zip, result appended to <results_dir>/<metric>.jsonl):
 
@@ -7,13 +7,14 @@ Guidance-interval form (one metric of a zip, result appended to <results_dir>/<m
 EDM2 form (subcommands):
 
     python calculate_metrics.py calc --images=DIR_OR_ZIP --ref=REF.pkl [--metrics=fid,fd_dinov2]
-    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl   (or REF.npz: no pickle)
+    python calculate_metrics.py ref  --data=DIR_OR_ZIP --dest=REF.pkl [--metrics=fid,fd_dinov2,pr]   (or REF.npz: no pickle)
     python calculate_metrics.py gen  --net=NET.pkl [--gnet=G.pkl --guidance=2 --guidance_interval="[17, 22]"] --ref=REF.pkl
     python calculate_metrics.py sweep --net=NET.pkl --gnet=G.pkl --ref=REF.pkl --guidance=1.0:4.0:0.1 \
         --interval=all --interval="[17, 22]" --outdir=sweeps/xxl
 
-References are upstream stats pickles or .npz files (EDM v1's or ours; paths or URLs). Detectors come from
-the dnnlib cache (Inception pickle) and torch hub (DINOv2) and are downloaded on first use.
+References are upstream stats pickles or .npz files (EDM v1's or ours; paths or URLs); precision/recall ('pr')
+needs a reference made by `ref --metrics=pr`, which stores the reference features. Detectors come
+from the dnnlib cache (Inception and VGG-16 pickles) and torch hub (DINOv2), downloaded on first use.
 """
 
 from edmguide import threads
@@ -62,18 +63,25 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 @click.option('--gen_zip', help='Zip (or directory) of generated images', type=str, required=True)
 @click.option('--ref_path', help='Reference statistics (.pkl or .npz, path or URL)', type=str, required=True)
 @click.option('--results_dir', help='Where <metric>.jsonl is appended', type=str, default='./results', show_default=True)
-@click.option('--metric', help="Metric: 'fid', 'fd_dinov2' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
+@click.option('--metric', help="Metric: 'fid', 'fd_dinov2', 'pr' or another registered one (e.g. the demo's 'fd_digits')", type=str, default='fid', show_default=True)
 @click.option('--batch_size', help='Images per detector batch', type=click.IntRange(min=1), default=128, show_default=True)
 @device_option
 @threads.threads_option
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
     from edmguide.metrics import detectors, pipeline
+
+    def report(results):
+        if detectors.metric_kind(metric) == 'frechet':
+            print(f'{detectors.metric_label(metric)} = {results[metric]:.2f}', flush=True)
+        else:  # shares in [0, 1]: three decimals, as papers report them
+            for name, value in results.items():
+                print(f'{name.capitalize()} = {value:.3f}', flush=True)
+
     def job():
         _init_distributed()  # under torchrun the ranks share the images; rank 0 prints and appends once
-        return pipeline.gi_calculate_metric(
-            gen_zip, ref_path, metric=metric, results_dir=results_dir, batch_size=batch_size, device=device,
-            report=lambda value: print(f'{detectors.metric_label(metric)} = {value:.2f}', flush=True))
+        return pipeline.gi_calculate_metric(gen_zip, ref_path, metric=metric, results_dir=results_dir,
+                                            batch_size=batch_size, device=device, report=report)
     run_cli(job)
 
 #----------------------------------------------------------------------------
@@ -81,7 +89,7 @@ def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
 
 @click.group(cls=cli.Group, context_settings={'help_option_names': ['-h', '--help']})
 def edm2_cli():
-    """Calculate Fréchet metrics of image sets or of a network's samples (EDM2 form)."""
+    """Calculate Fréchet metrics and precision/recall of image sets or of a network's samples (EDM2 form)."""
 
 @edm2_cli.command(epilog=PICKLE_NOTE)
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
@@ -105,19 +113,21 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @edm2_cli.command()
 @click.option('--data', 'image_path', help='Directory or zip of dataset images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--dest', 'dest_path', help='Output statistics: .pkl (pickle, as upstream) or .npz (NumPy, no pickle)', metavar='PKL|NPZ', type=str, required=True)
-@click.option('--metrics', help='Comma-separated metrics', type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--metrics', help="Comma-separated metrics ('pr' stores the features themselves)", type=str, default='fid,fd_dinov2', show_default=True)
+@click.option('--pr_num', 'max_pr_images', help='Most images whose features precision/recall stores (seeded subset)', type=click.IntRange(min=4), default=200000, show_default=True)
+@click.option('--seed', help='Random seed for choosing the precision/recall subset', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @device_option
 @threads.threads_option
-def ref(image_path, dest_path, metrics, max_batch_size, num_workers, device):
-    """Reference statistics of a dataset, saved as a pickle (or .npz without pickle)."""
+def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device):
+    """Reference statistics (and precision/recall features) of a dataset, saved as a pickle (or .npz without pickle)."""
     from edmguide.metrics import detectors, pipeline
     from torch_utils import distributed as dist
     _init_distributed()
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=device))
+        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 

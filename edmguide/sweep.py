@@ -6,7 +6,7 @@ seeds all settings are sampled together by `generation.generate_setting_batches`
 settings share (everything before the first step where their weights differ) are computed once,
 and every setting's images are bit-identical to what `calculate_metrics.py gen` computes for it
 with the same seeds and batch size. Each setting's statistics accumulate in the accumulators of
-`metrics.accumulators`; they are checkpointed atomically in the output folder every few batches,
+`metrics.kinds`; they are checkpointed atomically in the output folder every few batches,
 so rerunning the same command continues where it stopped. `sweep_report` writes the results.
 
 Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
@@ -31,7 +31,8 @@ from edmguide import images as imagelib, loading, sampling, seeds as seedlib, sw
 from edmguide.errors import UserError
 from edmguide.generation import build_guidance, generate_setting_batches, pick_device
 from edmguide.guidance import parse_interval, parse_sigma_range
-from edmguide.metrics import accumulators, pipeline, stats as stats_lib
+from edmguide.metrics import kinds, pipeline, stats as stats_lib
+from edmguide.outputs import check_output_dir
 from edmguide.progress import progress_bar
 from torch_utils import distributed as dist
 
@@ -277,7 +278,7 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
         imagelib.atomic_write(os.path.join(outdir, SETTINGS_FILE), json.dumps(full_record, indent=1).encode())
 
     checkpoints = _Checkpoints(outdir, rank)
-    accs = [[accumulators.new_accumulator(m) for m in metrics] for _ in settings]
+    accs = [[kinds.get_kind(m).accumulator() for m in metrics] for _ in settings]
     state = checkpoints.load(device)
     done = 0
     if state is not None:
@@ -292,6 +293,9 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
     bar = progress_bar(total=len(settings) * num_images, initial=len(settings) * images_done, unit='img',
                        desc=f'Sweep ({len(settings)} settings)', leave=False, dynamic_ncols=True,
                        disable=(True if not progress or rank != 0 else None))
+    # Images finished across all ranks at each remaining batch step (the last steps may be padded).
+    step_images = seedlib.images_per_step([seedlib.rank_batches(num_images, max_batch_size, world_size, r)[done:]
+                                           for r in range(world_size)])
     bar.set_postfix_str(f'{made.net + made.gnet} of {separate.net + separate.gnet} evals/img, {saving:.0%} saved')
     batch_idx = done
     with bar, torch.no_grad():
@@ -309,7 +313,7 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
                                             f'but the reference has {dims[name]}')
                         acc.update(features)
                 batch_idx = done + batch.batch_idx + 1
-                bar.update(len(settings) * len(batch.seeds) * world_size)
+                bar.update(len(settings) * step_images[batch.batch_idx])
                 if batch_idx % checkpoint_every == 0:
                     _save(checkpoints, batch_idx, accs)
         except UserError as exc:
@@ -322,8 +326,8 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
             num = acc.all_reduce(dims[name], device).num
             if num != num_images:
                 raise UserError(f'generated {num} images, expected {num_images}')
-            values = accumulators.results(name, acc, ref[name])
-            record_.update({k: (float(v) if math.isfinite(v) else None) for k, v in values.items()})
+            values = pipeline.metric_results(name, acc, ref, metrics, ref_path, device)
+            record_.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})  # null, never NaN
         record_['num_images'] = num_images
     summary = dnnlib.EasyDict(settings=len(settings), evals_sweep=dataclasses.asdict(made),
                               evals_separate=dataclasses.asdict(separate), saving=saving)
@@ -346,12 +350,11 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
     guided = any(w != 1 for w in weights)
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
-    if os.path.exists(outdir) and not os.path.isdir(outdir):
-        raise UserError(f'--outdir {outdir}: exists and is not a folder')
+    check_output_dir(outdir, '--outdir')  # before any work
+    device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path)  # fail early, before loading networks
     metrics = pipeline.resolve_metrics(metrics, ref, ref_path)
     pipeline.reference_dims(ref, metrics, ref_path)
-    device = pick_device(device, note=False)
     net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
     guide = loading.network_stem(gnet_path) if guided else None
     settings = expand_settings(weights, intervals, [guide] if guided else [])
@@ -362,8 +365,8 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
                                  record=record, checkpoint_every=checkpoint_every, progress=progress, **sampler_kwargs)
     if dist.get_rank() != 0:
         return []
-    sweep_report.write_report(outdir, records, metrics, summary)
-    return summary_lines(records, metrics, summary, outdir)
+    sweep_report.write_report(outdir, records, pipeline.result_names(metrics), summary)
+    return summary_lines(records, pipeline.result_names(metrics), summary, outdir)
 
 
 def summary_lines(records, metrics, summary, outdir):

@@ -2,7 +2,7 @@
 
 `install_fake_detectors(cache_dir)` writes a fake Inception pickle to
 `<cache>/downloads/<md5(url)>_inception-2015-12-05.pkl` (what `dnnlib.util.open_url` serves
-offline) and a fake torch-hub checkout `<cache>/torch_hub/facebookresearch_dinov2_main` whose
+offline), a fake VGG-16 pickle (precision/recall) next to it, and a fake torch-hub checkout `<cache>/torch_hub/facebookresearch_dinov2_main` whose
 hubconf defines `dinov2_vitl14`. The fakes are cheap, deterministic functions of the pixels, so
 tests can recompute the expected features independently.
 """
@@ -20,6 +20,7 @@ import torch
 
 INCEPTION_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/'
                  'files/metrics/inception-2015-12-05.pkl')
+VGG16_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/vgg16.pkl'
 
 #----------------------------------------------------------------------------
 # Fake detectors.
@@ -36,6 +37,17 @@ def fake_inception_features(x):
     x = torch.as_tensor(x).to(torch.float32) / 255
     pooled = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
     return torch.cat([pooled, x.std(dim=(2, 3))], dim=1)
+
+class FakeVGG16(torch.nn.Module):
+    """Called like NVIDIA's VGG-16 pickle: uint8 NCHW RGB -> float32 [N, 12]."""
+
+    def forward(self, x, return_features=False):
+        assert return_features and x.dtype == torch.uint8 and x.shape[1] == 3
+        return fake_vgg16_features(x)
+
+def fake_vgg16_features(x):
+    """The fake's features: 2x2 average pooling per channel, in 0..10 units (float16 range for distances)."""
+    return torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(x).to(torch.float32) / 25.5, 2).flatten(1)
 
 FAKE_HUBCONF = textwrap.dedent('''\
     """Fake DINOv2 hub entry point for offline tests (returns a tiny module)."""
@@ -59,6 +71,9 @@ def install_fake_detectors(cache_dir):
     key = hashlib.md5(INCEPTION_URL.encode('utf-8')).hexdigest()
     with open(os.path.join(downloads, f'{key}_inception-2015-12-05.pkl'), 'wb') as f:
         pickle.dump(FakeInception(), f)
+    key = hashlib.md5(VGG16_URL.encode('utf-8')).hexdigest()
+    with open(os.path.join(downloads, f'{key}_vgg16.pkl'), 'wb') as f:
+        pickle.dump(FakeVGG16(), f)
     repo = os.path.join(cache_dir, 'torch_hub', 'facebookresearch_dinov2_main')
     os.makedirs(repo, exist_ok=True)
     with open(os.path.join(repo, 'hubconf.py'), 'w', encoding='utf-8') as f:

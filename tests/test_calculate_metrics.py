@@ -473,8 +473,8 @@ def test_the_value_is_printed_before_the_record_is_written(cache, tmp_path, imag
     assert_one_line_error(result, str(results / 'fid.jsonl'))
 
 def test_a_non_finite_result_is_neither_printed_nor_written(cache, tmp_path, image_zip, other_ref, monkeypatch):
-    from edmguide.metrics import pipeline
-    monkeypatch.setattr(pipeline, 'frechet_distance', lambda *args: float('nan'))
+    from edmguide.metrics import kinds, pipeline
+    monkeypatch.setattr(kinds, 'frechet_distance', lambda *args: float('nan'))
     results = tmp_path / 'r'
     result = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', other_ref[0],
                                                '--results_dir', str(results)])
@@ -487,7 +487,7 @@ def test_a_bad_reference_is_one_line_before_the_feature_pass(cache, tmp_path, im
     from edmguide.metrics import pipeline
     path = tmp_path / 'nan-ref.pkl'
     path.write_bytes(pickle.dumps({'fid': {'mu': np.full(15, np.nan), 'sigma': np.eye(15)}}))
-    monkeypatch.setattr(pipeline, 'compute_stats_for_images', lambda *a, **k: pytest.fail('feature pass started'))
+    monkeypatch.setattr(pipeline, 'compute_accumulators_for_images', lambda *a, **k: pytest.fail('feature pass started'))
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path)])
     assert_one_line_error(result, str(path), 'mu has 15 non-finite')
 
@@ -520,3 +520,67 @@ def test_errors_with_an_obvious_next_step_name_it(cache, image_dir, other_ref, m
     monkeypatch.setattr(detectors, 'get_detector', no_inception)
     with pytest.raises(UserError, match='use --metrics=fd_digits'):
         pipeline.build_detectors(['fid'])
+
+
+# Precision/recall ('pr': the fake VGG-16 of helpers_metrics; features stored in the reference).
+
+def brute_force_pr(real, gen, k=3):
+    """Precision and recall in float64 from all pairwise distances of float16-rounded features."""
+    real = np.asarray(real, np.float16).astype(np.float64)
+    gen = np.asarray(gen, np.float16).astype(np.float64)
+    def share_inside(manifold, probes):
+        within = np.sqrt(((manifold[:, None] - manifold[None]) ** 2).sum(-1))
+        radii = np.sort(within, axis=1)[:, k] # index 0: the point itself
+        across = np.sqrt(((probes[:, None] - manifold[None]) ** 2).sum(-1))
+        return float((across <= radii[None]).any(axis=1).mean())
+    return share_inside(real, gen), share_inside(gen, real)
+
+def test_ref_stores_pr_features_and_calc_reports_precision_and_recall(cache, tmp_path, images):
+    others = hm.random_images(20, seed=7) // 2 # darker than the white images below
+    data = hm.write_image_dir(tmp_path / 'other', others)
+    dest = tmp_path / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', data, '--dest', str(dest), '--metrics', 'fid,pr',
+                                                 '--workers', '0', '--batch', '7'])
+    assert result.exit_code == 0, result.output
+    ref = pickle.loads(dest.read_bytes())
+    real = hm.fake_vgg16_features(nchw(others)).numpy()
+    assert ref['pr']['features'].dtype == np.float16
+    np.testing.assert_array_equal(ref['pr']['features'], real.astype(np.float16)) # all 20, in file order
+    assert set(ref['fid']) == {'mu', 'sigma'} and ref['num_images'] == 20
+    images = np.concatenate([hm.random_images(8, seed=9) // 2, np.full_like(images[:4], 255)]) # 4 white: outside the real set
+    gen_dir = hm.write_image_dir(tmp_path / 'gen', images)
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', gen_dir, '--ref', str(dest), '--metrics', 'fid,pr',
+                                                 '--num', '12', '--workers', '0', '--batch', '5'])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(' = ')[0] for line in lines] == ['fid', 'precision', 'recall']
+    precision, recall = brute_force_pr(real, hm.fake_vgg16_features(nchw(images)).numpy())
+    assert 0 < precision < 1 # not a trivial case
+    assert_printed(lines[1].split(' = ')[1], precision)
+    assert_printed(lines[2].split(' = ')[1], recall)
+    # The guidance-interval form: Precision/Recall lines and one jsonl record.
+    results = tmp_path / 'results'
+    gi = invoke(calculate_metrics.gi_cli, ['--gen_zip', hm.write_image_zip(tmp_path / 'g.zip', images), '--ref_path',
+                                           str(dest), '--metric', 'pr', '--results_dir', str(results)])
+    assert gi.exit_code == 0, gi.output
+    assert gi.stdout.strip().splitlines()[-2:] == [f'Precision = {precision:.3f}', f'Recall = {recall:.3f}']
+    record = json.loads((results / 'pr.jsonl').read_text())
+    assert list(record) == ['gen_zip', 'precision', 'recall', 'num_gen_images'] and record['num_gen_images'] == 12
+
+def test_ref_keeps_a_seeded_subset_for_pr_and_all_images_for_fid(cache, tmp_path, image_dir, images):
+    from edmguide.metrics.image_files import select_subset
+    dest = tmp_path / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest), '--metrics', 'fid,pr',
+                                                 '--pr_num', '5', '--seed', '3', '--workers', '0'])
+    assert result.exit_code == 0, result.output
+    ref = pickle.loads(dest.read_bytes())
+    assert ref['num_images'] == 12
+    np.testing.assert_allclose(ref['fid']['mu'], hm.fake_inception_features(nchw(images)).double().numpy().mean(0), rtol=1e-6)
+    subset = hm.fake_vgg16_features(nchw(images[select_subset(12, 5, seed=3)])).numpy().astype(np.float16)
+    np.testing.assert_array_equal(ref['pr']['features'], subset)
+
+def test_reference_without_features_says_how_to_make_one(cache, tmp_path, image_dir, other_ref):
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', other_ref[0], '--metrics', 'pr',
+                                                 '--num', '12', '--workers', '0'])
+    assert_one_line_error(result, 'no reference features for metric "pr"',
+                          'python calculate_metrics.py ref --data=DATASET --dest=REF.pkl --metrics=pr')

@@ -85,3 +85,16 @@ def test_pickled_feature_net_for_other_urls(cache, tmp_path):
     det = detectors.PickledFeatureNet(str(path), name='demo feature net')
     images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
     assert det(images).shape == (2, 15)
+
+def test_metric_kinds_and_the_demo_pr_features_fit_float16():
+    from edmguide.demo.data import load_digits_uint8
+    from edmguide.metrics import precision_recall
+    assert detectors.metric_kind('fid') == 'frechet' and detectors.metric_kind('pr') == 'pr'
+    assert detectors.metric_kind('pr_digits') == 'pr'
+    with pytest.raises(ValueError, match='unknown metric kind'):
+        detectors.register_metric('bogus_kind', lambda: None, kind='kid')
+    assert 'bogus_kind' not in detectors.metric_names()
+    images, _ = load_digits_uint8(16)
+    features = detectors.get_detector('pr_digits')(images[:300])
+    precision_recall.check_float16_range(features) # the 1/16 scale keeps |f|^2 below 65504
+    assert features.shape == (300, 64)

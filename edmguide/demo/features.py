@@ -126,10 +126,16 @@ def feature_statistics(net, images, batch_size=512):
     return acc.mean_and_cov()
 
 
-def reference_stats(net, images, metric='fd_digits'):
-    """`{'num_images': N, metric: {'mu', 'sigma'}}` for uint8 `images` under the feature net."""
+def reference_stats(net, images, metric='fd_digits', pr_metric=None):
+    """`{'num_images': N, metric: {'mu', 'sigma'}}` for uint8 `images` under the feature net, plus
+    `pr_metric: {'features': float16 [N, D]}` (the features themselves, for precision/recall) if given."""
     from edmguide.metrics.stats import make_stats_dict
-    return make_stats_dict(len(images), {metric: feature_statistics(net, images)})
+    stats = make_stats_dict(len(images), {metric: feature_statistics(net, images)})
+    if pr_metric is not None:
+        with torch.no_grad():
+            features = torch.cat([net(images[i:i + 512], return_features=True) for i in range(0, len(images), 512)])
+        stats[pr_metric] = {'features': (features * PR_FEATURE_SCALE).to(torch.float16).numpy()}
+    return stats
 
 
 def release_copy(net):
@@ -142,6 +148,8 @@ def release_copy(net):
 FEATURES_FILE = 'digits-features.pkl'
 REF_FILE = 'digits-ref.pkl'
 METRIC = 'fd_digits'
+PR_METRIC = 'pr_digits' # precision/recall in the same feature space
+PR_FEATURE_SCALE = 1 / 16 # |features|^2 reach ~7e4; precision/recall's float16 distances need < 65504
 
 
 def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
@@ -171,17 +179,18 @@ def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
 
 
 def compute_demo_reference(outdir, *, verbose=True):
-    """Reference statistics of all 1797 digits under `<outdir>/digits-features.pkl` -> digits-ref.pkl."""
+    """Reference statistics and features of all 1797 digits under `<outdir>/digits-features.pkl` -> digits-ref.pkl."""
     import os
     from edmguide.demo.data import load_digits_uint8
     from edmguide.loading import load_pickle
     from edmguide.metrics.stats import save_stats
     net = load_pickle(os.path.join(outdir, FEATURES_FILE))
     images, _ = load_digits_uint8(net.img_resolution)
-    stats = reference_stats(net, images, METRIC)
+    stats = reference_stats(net, images, METRIC, PR_METRIC)
     save_stats(stats, os.path.join(outdir, REF_FILE))
     if verbose:
-        print(f'ref: wrote {REF_FILE} ({stats["num_images"]} images, {METRIC} dim {len(stats[METRIC]["mu"])})')
+        print(f'ref: wrote {REF_FILE} ({stats["num_images"]} images, {METRIC} dim {len(stats[METRIC]["mu"])}, '
+              f'{PR_METRIC} features)')
     return stats
 
 #----------------------------------------------------------------------------

@@ -13,12 +13,13 @@ import PIL.Image
 import torch
 
 import dnnlib
-from edmguide.demo.features import METRIC as DEMO_METRIC
+from edmguide.demo.features import METRIC as DEMO_METRIC, PR_METRIC as DEMO_PR_METRIC
 from edmguide.errors import UserError
 from edmguide.loading import is_safetensors, load_network, load_pickle
 
 INCEPTION_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/'
                  'files/metrics/inception-2015-12-05.pkl')
+VGG16_URL = 'https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/vgg16.pkl'
 DINOV2_REPO = 'facebookresearch/dinov2:main'
 DINOV2_MODEL = 'dinov2_vitl14'
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,9 +61,24 @@ class PickledFeatureNet(Detector):
         self.model = self.model.to(images.device)
         return self.model(images, return_features=True)
 
+class ScaledFeatures(Detector):
+    """Another detector's features times a constant (precision/recall is scale invariant, but its
+    float16 distances need squared feature norms below 65504)."""
+
+    def __init__(self, detector, scale):
+        self.detector = detector
+        self.scale = float(scale)
+
+    def __call__(self, images):
+        return self.detector(images) * self.scale
+
 def inception_v3():
     """The Inception-v3 of FID (2048 pool features), from NVIDIA's pickle via the download cache."""
     return PickledFeatureNet(INCEPTION_URL, name='Inception-v3 detector')
+
+def vgg16():
+    """The VGG-16 of precision/recall (4096 fc features), from NVIDIA's pickle via the download cache."""
+    return PickledFeatureNet(VGG16_URL, name='VGG-16 detector')
 
 def _resize_224(images, resize_mode):
     """Resize uint8 NCHW to 224x224: 'torch' = antialiased bicubic in float32 (EDM2 default, no
@@ -114,20 +130,25 @@ class DINOv2Detector(Detector):
 #----------------------------------------------------------------------------
 # Registry: metric name -> detector factory.
 
-_metrics = {} # name -> dnnlib.EasyDict(factory, label)
+METRIC_KINDS = ('frechet', 'pr') # see kinds.py: what each kind accumulates and reports
+_metrics = {} # name -> dnnlib.EasyDict(factory, label, kind)
 _detector_cache = {} # (name, sorted kwargs) -> Detector
 
-def register_metric(name, factory, *, label=None, replace=False):
-    """Make `name` a Fréchet metric whose features come from `factory(**kwargs) -> Detector`.
+def register_metric(name, factory, *, label=None, replace=False, kind='frechet'):
+    """Make `name` a metric whose features come from `factory(**kwargs) -> Detector`.
 
-    `label` is what the guidance-interval CLI prints (default: name upper-cased). Registering an
-    existing name needs `replace=True`, so two plugins cannot silently shadow each other.
+    `kind` is 'frechet' (mean/covariance, a Fréchet distance) or 'pr' (precision and recall of
+    the features themselves). `label` is what the guidance-interval CLI prints (default: name
+    upper-cased). Registering an existing name needs `replace=True`, so two plugins cannot
+    silently shadow each other.
     """
     if not callable(factory):
         raise TypeError('factory must be callable')
+    if kind not in METRIC_KINDS:
+        raise ValueError(f'unknown metric kind "{kind}" (known: {", ".join(METRIC_KINDS)})')
     if name in _metrics and not replace:
         raise ValueError(f'metric "{name}" is already registered')
-    _metrics[name] = dnnlib.EasyDict(factory=factory, label=label or name.upper())
+    _metrics[name] = dnnlib.EasyDict(factory=factory, label=label or name.upper(), kind=kind)
     for key in [key for key in _detector_cache if key[0] == name]:
         del _detector_cache[key]
 
@@ -144,6 +165,10 @@ def metric_names():
 def metric_label(name):
     """Display label of a metric, e.g. 'FID' or 'FD_DINOv2'."""
     return _metrics[name].label
+
+def metric_kind(name):
+    """'frechet' or 'pr'."""
+    return _metrics[name].kind
 
 def check_metric_names(names):
     """Validate a list of metric names; the first unknown one is a UserError."""
@@ -173,6 +198,7 @@ def clear_detector_cache():
 
 register_metric('fid', inception_v3, label='FID')
 register_metric('fd_dinov2', DINOv2Detector, label='FD_DINOv2')
+register_metric('pr', vgg16, label='PR', kind='pr')
 
 #----------------------------------------------------------------------------
 
@@ -182,3 +208,9 @@ def demo_digits_features():
     return PickledFeatureNet(DEMO_FILES.features, name='demo digits feature network')
 
 register_metric(DEMO_METRIC, demo_digits_features, label='FD_digits')
+def demo_digits_pr_features():
+    """The demo's digit features scaled into float16 range for precision/recall."""
+    from edmguide.demo.features import PR_FEATURE_SCALE
+    return ScaledFeatures(demo_digits_features(), PR_FEATURE_SCALE)
+
+register_metric(DEMO_PR_METRIC, demo_digits_pr_features, label='PR_digits', kind='pr')

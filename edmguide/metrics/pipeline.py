@@ -1,6 +1,9 @@
-"""Metric jobs: image set or generator -> features -> statistics -> Fréchet distance to a reference.
+"""Metric jobs: image set or generator -> features -> accumulators -> results against a reference.
 
-The same `compute_stats` consumes batches from image files and from the generation iterator, so
+A metric's kind (`kinds.get_kind(name)`) says what is accumulated (float64 sums for Fréchet
+metrics, the float16 features for precision/recall), what a reference file holds for it and how
+its results come out; nothing here branches on the kind.
+The same `compute_accumulators` consumes batches from image files and from the generation iterator, so
 measuring on the fly (no PNGs written) and measuring a saved set give identical numbers for
 identical images. Everything that can fail because of the user's files (reference, detectors,
 image set) is checked before the long feature pass, and outputs are written only at the end.
@@ -10,14 +13,12 @@ import json
 import math
 import os
 
-import numpy as np
 import torch
 
 from edmguide import generation, loading, seeds as seedlib
 from edmguide.errors import UserError, with_path
 from edmguide.generation import pick_device
-from edmguide.metrics import detectors, stats as stats_lib
-from edmguide.metrics.frechet import frechet_distance
+from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_lib
 from edmguide.metrics.image_files import ImageFiles, collate_images
 from edmguide.outputs import check_output_dir, check_output_file
 from edmguide.progress import progress_bar
@@ -67,21 +68,22 @@ def build_detectors(metrics, detector_kwargs=None):
 DEMO_METRIC_HINT = ("for the embedded demo's digits, which need no download, use --metrics=fd_digits "
                     "(--metric=fd_digits in the guidance-interval form)")
 
-def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=None,
-                  expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
-    """Statistics of uint8 NCHW image batches for each metric, summed over all ranks.
+def compute_accumulators(batches, metrics, *, device=None, detector_kwargs=None, dets=None,
+                         expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
+    """Each metric's accumulator over uint8 NCHW image batches, combined over all ranks.
 
     `batches` yields tensors (or `(tensor, error_message)` pairs from `iter_image_file_batches`).
     `expected_dims` {metric: D} (the reference's) is checked on the first batch, so a detector
     that does not match the reference fails at once rather than after the whole pass.
     The progress bar counts images: `total_images` (all ranks) is its total and `step_images[i]` the
     images all ranks together measure at batch i (default: this rank's batch).
-    Returns the upstream stats dict {'num_images': n, metric: {'mu', 'sigma'}} (float64).
+    Returns ({metric: accumulator}, number of images).
     """
     device = pick_device(device, note=False)
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
     expected_dims = expected_dims or {}
-    accumulators = {name: stats_lib.FeatureStats() for name in metrics}
+    accumulators = {name: kinds.get_kind(name).accumulator() for name in metrics}
+    dims = dict(expected_dims)
     rank = dist.get_rank()
     failure = None
     # A bar on a terminal, periodic lines with ETA in logs; leave=False + the context manager
@@ -102,22 +104,34 @@ def compute_stats(batches, metrics, *, device=None, detector_kwargs=None, dets=N
                         raise UserError(f'the {name} detector gives {features.shape[1]} features, '
                                         f'but the reference has {dim}')
                     accumulators[name].update(features)
+                    dims[name] = features.shape[1]
                 bar.update(step_images[step] if step_images and step < len(step_images) else images.shape[0])
         except UserError as exc:
             failure = str(exc)
     _raise_on_every_rank(failure, device)
-    per_metric = {}
     num_images = 0
     for name in metrics:
-        acc = accumulators[name]
-        dim = acc.sum.shape[0] if acc.sum is not None else expected_dims.get(name, 0)
+        dim = dims.get(name, 0)
         if dist.get_world_size() > 1:  # a rank that saw no images learns the dimension from the others
             dim_t = torch.tensor([dim], dtype=torch.int64, device=device)
             torch.distributed.all_reduce(dim_t, op=torch.distributed.ReduceOp.MAX)
             dim = int(dim_t)
-        num_images = acc.all_reduce(dim, device).num
-        per_metric[name] = acc.mean_and_cov()
-    return stats_lib.make_stats_dict(num_images, per_metric)
+        num_images = accumulators[name].all_reduce(dim, device).num
+    return accumulators, num_images
+
+def reference_entries(accumulators, num_images):
+    """The reference-file dict of accumulators: {'num_images': n, metric: entry} (upstream layout
+    for Fréchet metrics, {'features'} for precision/recall)."""
+    out = {'num_images': int(num_images)}
+    for name, acc in accumulators.items():
+        out[name] = kinds.get_kind(name).entry(acc)
+    return out
+
+def compute_stats(batches, metrics, **kwargs):
+    """Statistics of uint8 NCHW image batches for each metric, combined over all ranks
+    (`compute_accumulators`' arguments). Returns the upstream stats dict {'num_images': n,
+    metric: {'mu', 'sigma'}} (float64), with {'features'} entries for precision/recall metrics."""
+    return reference_entries(*compute_accumulators(batches, metrics, **kwargs))
 
 def _raise_on_every_rank(failure, device):
     """Raise UserError(failure) on every rank if any rank has a failure message (the lowest
@@ -148,10 +162,11 @@ def iter_image_file_batches(dataset, max_batch_size=64, num_workers=2, rank=0, w
                                          prefetch_factor=(2 if num_workers > 0 else None))
     return loader, len(chunks)
 
-def compute_stats_for_images(image_path, metrics, *, max_size=None, seed=0, max_batch_size=64,
-                             num_workers=2, device=None, detector_kwargs=None, dets=None,
-                             expected_dims=None, min_images=2, progress=True):
-    """Statistics of an image directory/zip (all images, or a seeded subset of `max_size`)."""
+def compute_accumulators_for_images(image_path, metrics, *, max_size=None, seed=0, max_batch_size=64,
+                                    num_workers=2, device=None, detector_kwargs=None, dets=None,
+                                    expected_dims=None, min_images=2, progress=True):
+    """Accumulators of an image directory/zip (all images, or a seeded subset of `max_size`);
+    returns ({metric: accumulator}, number of images)."""
     dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
     if max_size is not None and dataset.num_found < max_size:
         raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}; '
@@ -163,16 +178,36 @@ def compute_stats_for_images(image_path, metrics, *, max_size=None, seed=0, max_
     loader, _num_batches = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
     step_images = seedlib.images_per_step([_nonempty_chunks(len(dataset), max_batch_size, world_size, r)
                                            for r in range(world_size)])
-    return compute_stats(loader, metrics, device=device, dets=dets, expected_dims=expected_dims,
-                         total_images=len(dataset), step_images=step_images, source=image_path, progress=progress)
+    return compute_accumulators(loader, metrics, device=device, dets=dets, expected_dims=expected_dims,
+                                total_images=len(dataset), step_images=step_images, source=image_path,
+                                progress=progress)
+
+def compute_stats_for_images(image_path, metrics, **kwargs):
+    """Statistics of an image directory/zip (all images, or a seeded subset of `max_size`), as the
+    stats dict of `compute_stats` (`compute_accumulators_for_images`' arguments)."""
+    return reference_entries(*compute_accumulators_for_images(image_path, metrics, **kwargs))
 
 #----------------------------------------------------------------------------
 # Comparing with a reference.
 
+def has_reference_entry(ref, name):
+    """Whether `ref` holds what metric `name` needs (statistics or features, by the metric's kind)."""
+    return name in ref and name != 'num_images' and kinds.get_kind(name).has_entry(ref[name])
+
+def missing_reference_message(ref, name, ref_path):
+    """The one line for a metric the reference cannot serve; for features, how to make them."""
+    have = ", ".join(stats_lib.reference_metrics(ref)) or "none"
+    if detectors.metric_kind(name) == 'pr':
+        return (f'{ref_path}: no reference features for metric "{name}" (it has: {have}); make a reference '
+                f'with them: python calculate_metrics.py ref --data=DATASET --dest=REF.pkl --metrics={name}')
+    return f'{ref_path}: no statistics for metric "{name}" (it has: {have})'
+
 def resolve_metrics(requested, ref, ref_path):
     """Metrics to compute: those asked for (each must be in the reference), or by default the
-    default metrics the reference has (so an FID-only .npz works without naming --metrics)."""
-    available = stats_lib.reference_metrics(ref)
+    default metrics the reference has (so an FID-only .npz works without naming --metrics).
+    Precision/recall is computed only when asked for: it costs far more than the Fréchet metrics."""
+    available = [name for name in stats_lib.reference_metrics(ref)
+                 if name in detectors.metric_names() and has_reference_entry(ref, name)]
     if requested is None:
         chosen = [name for name in DEFAULT_METRICS if name in available]
         if chosen:  # a partial reference, e.g. an FID-only .npz: say what is left out
@@ -182,37 +217,59 @@ def resolve_metrics(requested, ref, ref_path):
             return chosen
         # None of the defaults, e.g. the demo's reference: the registered metrics it has, silently
         # (they are the reference's whole content, so nothing is being skipped).
-        chosen = [name for name in detectors.metric_names() if name in available]
+        chosen = [name for name in detectors.metric_names()
+                  if name in available and detectors.metric_kind(name) == 'frechet']
         if not chosen:
             raise UserError(f'{ref_path}: no statistics for any of {", ".join(DEFAULT_METRICS)} '
                             f'(it has: {", ".join(available) or "none"})')
         return chosen
     detectors.check_metric_names(requested)
     for name in requested:
-        if name not in available:
-            raise UserError(f'{ref_path}: no statistics for metric "{name}" '
-                            f'(it has: {", ".join(available) or "none"})')
+        if not has_reference_entry(ref, name):
+            raise UserError(missing_reference_message(ref, name, ref_path))
     return list(requested)
 
 def reference_dims(ref, metrics, ref_path):
-    """{metric: feature dimension} of the reference (mu/sigma shapes checked)."""
-    return {name: stats_lib.reference_dim(ref, name, ref_path) for name in metrics}
+    """{metric: feature dimension} of the reference (mu/sigma or feature shapes checked)."""
+    return {name: kinds.get_kind(name).dim(ref, name, ref_path) for name in metrics}
+
+def _result_key(key, name, metrics):
+    """The name a metric's value is reported under: its own, except that with several precision/recall
+    metrics at once their 'precision'/'recall' become 'precision_<metric>'."""
+    num_pr = sum(detectors.metric_kind(m) == 'pr' for m in metrics)
+    return key if key == name or num_pr <= 1 else f'{key}_{name}'
+
+def result_names(metrics):
+    """Every name the results of `metrics` come under, in order ('fid', 'precision', 'recall', ...)."""
+    return [_result_key(key, name, metrics) for name in metrics for key in kinds.result_names(name)]
+
+def metric_results(name, accumulator, ref, metrics, ref_path='reference', device=None):
+    """{result name: value} of one metric against `ref` (values as they come, finite or not)."""
+    values = kinds.get_kind(name).results(name, accumulator, ref[name], path=ref_path, device=device)
+    return {_result_key(key, name, metrics): float(value) for key, value in values.items()}
+
+def results_to_reference(accumulators, ref, metrics, ref_path='reference', device=None):
+    """{result name: value} of each metric against `ref`: {'fid': v, ...} for Fréchet metrics,
+    {'precision': p, 'recall': r} for precision/recall (several PR metrics: 'precision_<metric>').
+    A value that is not finite is a UserError: it is never printed nor written."""
+    results = {}
+    for name in metrics:
+        for key, value in metric_results(name, accumulators[name], ref, metrics, ref_path, device).items():
+            if not math.isfinite(value):  # never printed as a value nor written (NaN is not JSON either)
+                raise UserError(f'{key} is not finite ({value}) for these images against {ref_path}; '
+                                f'nothing was written')
+            results[key] = value
+    return results
 
 def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
     """{metric: Fréchet distance between `stats` and `ref`} for each metric."""
     results = {}
     for name in metrics:
-        dim = stats_lib.reference_dim(ref, name, ref_path)
-        mu = np.asarray(stats[name]['mu'])
-        if mu.shape != (dim,):
-            raise UserError(f'{ref_path}: "{name}" reference has {dim} features, '
-                            f'but the images gave {mu.shape[0]}')
-        value = float(frechet_distance(stats[name]['mu'], stats[name]['sigma'],
-                                       ref[name]['mu'], ref[name]['sigma']))
-        if not math.isfinite(value):  # never printed as a value nor written (NaN is not JSON either)
-            raise UserError(f'{name} is not finite ({value}) for these images against {ref_path}; '
-                            f'nothing was written')
-        results[name] = value
+        stats_lib.reference_dim(ref, name, ref_path)
+        results.update(kinds.frechet_entry_results(name, stats[name]['mu'], stats[name]['sigma'], ref[name], ref_path))
+    for key, value in results.items():
+        if not math.isfinite(float(value)):
+            raise UserError(f'{key} is not finite ({value}) for these images against {ref_path}; nothing was written')
     return results
 
 #----------------------------------------------------------------------------
@@ -220,42 +277,58 @@ def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
 
 def calc_metrics_for_images(image_path, ref_path, metrics=None, *, num_images=50000, seed=0,
                             max_batch_size=64, num_workers=2, device=None, progress=True):
-    """EDM2 `calc`: FD of a seeded subset of `num_images` images against a reference."""
+    """EDM2 `calc`: metrics of a seeded subset of `num_images` images against a reference
+    ({'fid': v, ...}, with 'precision'/'recall' for a PR metric)."""
     device = pick_device(device, note=False)  # a device this machine lacks is one line, at once
     ref = stats_lib.load_reference(ref_path)
     metrics = resolve_metrics(metrics, ref, ref_path)
     dims = reference_dims(ref, metrics, ref_path)
     dets = build_detectors(metrics)
-    stats = compute_stats_for_images(image_path, metrics, max_size=num_images, seed=seed,
-                                     max_batch_size=max_batch_size, num_workers=num_workers,
-                                     device=device, dets=dets, expected_dims=dims, progress=progress)
-    return frechet_to_reference(stats, ref, metrics, ref_path)
+    accs, _num = compute_accumulators_for_images(image_path, metrics, max_size=num_images, seed=seed,
+                                                 max_batch_size=max_batch_size, num_workers=num_workers,
+                                                 device=device, dets=dets, expected_dims=dims, progress=progress)
+    return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
 def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_size=64,
-                   num_workers=2, device=None, progress=True):
-    """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes)."""
+                   num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL):
+    """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes).
+
+    Precision/recall metrics store their features instead, of at most `max_pr_images` images (a
+    subset drawn with `seed` as `calc` draws one); if the set is larger, they get a pass of their own.
+    """
     metrics = detectors.check_metric_names(metrics)
     device = pick_device(device, note=False)
     check_output_file(dest_path, '--dest')  # before the feature pass, not after it
-    stats = compute_stats_for_images(image_path, metrics, max_batch_size=max_batch_size,
-                                     num_workers=num_workers, device=device, progress=progress)
+    num_found = ImageFiles(image_path).num_found
+    limited = [name for name in metrics if kinds.get_kind(name).max_ref_images is not None
+               and max_pr_images is not None and num_found > max_pr_images]
+    passes = [(None, [name for name in metrics if name not in limited]), (max_pr_images, limited)]
+    min_images = 2 if all(detectors.metric_kind(name) == 'frechet' for name in metrics) else precision_recall.NHOOD_SIZE + 1
+    out = {}
+    for max_size, names in passes:
+        if names:
+            stats = compute_stats_for_images(image_path, names, max_size=max_size, seed=seed,
+                                             max_batch_size=max_batch_size, num_workers=num_workers,
+                                             device=device, min_images=min_images, progress=progress)
+            out = {**stats, **out} # num_images of the all-images pass wins
     if dist.get_rank() == 0:
-        stats_lib.save_stats(stats, dest_path)
-    return stats
+        stats_lib.save_stats(out, dest_path)
+    return out
 
 def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, ref=None,
                                device=None, dets=None, progress=True, step_images=None):
-    """EDM2 `gen`: FD of images coming from a generation iterator (EasyDicts with `.images`)."""
+    """EDM2 `gen`: metrics of images coming from a generation iterator (EasyDicts with `.images`)."""
     ref = ref if ref is not None else stats_lib.load_reference(ref_path)
     metrics = resolve_metrics(metrics, ref, ref_path)
     dims = reference_dims(ref, metrics, ref_path)
     dets = dets if dets is not None else build_detectors(metrics)
     images = (batch.images for batch in batches)
-    stats = compute_stats(images, metrics, device=device, dets=dets, expected_dims=dims, total_images=num_images,
-                          step_images=step_images, source='generated images', progress=progress)
-    if stats['num_images'] != num_images:
-        raise UserError(f'generated {stats["num_images"]} images, expected {num_images}')
-    return frechet_to_reference(stats, ref, metrics, ref_path)
+    accs, num = compute_accumulators(images, metrics, device=device, dets=dets, expected_dims=dims,
+                                     total_images=num_images, step_images=step_images,
+                                     source='generated images', progress=progress)
+    if num != num_images:
+        raise UserError(f'generated {num} images, expected {num_images}')
+    return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
 def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None,
                              guidance_interval=None, guidance_sigma=None, num_images=50000, seed=0,
@@ -293,11 +366,12 @@ def gi_result_name(gen_zip):
 def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results', batch_size=128,
                         num_workers=0, device=None, progress=True, report=None):
     """Guidance-interval form: one metric over all images of `gen_zip`, appended to
-    `<results_dir>/<metric>.jsonl`. Returns (value, num_images).
+    `<results_dir>/<metric>.jsonl`. Returns ({result name: value}, num_images): {metric: FD} for
+    a Fréchet metric, {'precision': p, 'recall': r} for precision/recall.
 
     The results folder is checked before the feature pass. Under torchrun the ranks share the
-    images and only rank 0 calls `report(value)` (the CLI prints there, before anything is written)
-    and appends the one record.
+    images and only rank 0 calls `report(results)` (the CLI prints there, before anything is
+    written) and appends the one record.
 
     As upstream guidance-interval, DINOv2 inputs are resized with PIL (same as its torchvision
     pipeline for square images). Statistics are float64 throughout; upstream's float32 mean differs
@@ -311,16 +385,16 @@ def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results'
     detector_kwargs = {'fd_dinov2': {'resize_mode': 'pil'}}
     dims = reference_dims(ref, [metric], ref_path)
     dets = build_detectors([metric], detector_kwargs)
-    stats = compute_stats_for_images(gen_zip, [metric], max_batch_size=batch_size,
-                                     num_workers=num_workers, device=device, dets=dets,
-                                     expected_dims=dims, progress=progress)
-    value = frechet_to_reference(stats, ref, [metric], ref_path)[metric]
+    accs, num = compute_accumulators_for_images(gen_zip, [metric], max_batch_size=batch_size,
+                                                num_workers=num_workers, device=device, dets=dets,
+                                                expected_dims=dims, progress=progress)
+    results = results_to_reference(accs, ref, [metric], ref_path, device=device)
     if dist.get_rank() == 0:
         if report is not None:
-            report(value)
-        record = {'gen_zip': gi_result_name(gen_zip), metric: value, 'num_gen_images': stats['num_images']}
+            report(results)
+        record = {'gen_zip': gi_result_name(gen_zip), **results, 'num_gen_images': num}
         append_jsonl(os.path.join(results_dir, f'{metric}.jsonl'), record)
-    return value, stats['num_images']
+    return results, num
 
 def append_jsonl(path, record):
     """Append one JSON line in a single write (a complete line or nothing); errors name `path`."""

@@ -8,6 +8,8 @@ EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only). A destination ending in `
 dict flattened into NumPy arrays without pickle: `num_images` and `<metric>.<field>` for every
 array field (mu, sigma, or whatever else an entry holds). `.npz` files are read with
 `allow_pickle=False` in both layouts.
+Precision/recall metrics store the reference features themselves instead, as
+`'<metric>': {'features': float16 [N, D]}`, next to any statistics.
 """
 
 import io
@@ -116,9 +118,17 @@ def load_reference(path_or_url):
     if not isinstance(ref, dict):
         raise UserError(f'{name}: not a statistics file (got {type(ref).__name__}, expected a dict)')
     for metric, entry in ref.items():
-        if metric != 'num_images' and isinstance(entry, dict) and ('mu' in entry or 'sigma' in entry):
+        if metric == 'num_images' or not isinstance(entry, dict):  # other top-level data: not a metric's entry
+            continue
+        if not is_reference_entry(entry):
+            raise UserError(f'{name}: entry "{metric}" has no "mu"/"sigma" arrays (nor "features")')
+        if 'mu' in entry or 'sigma' in entry:
             check_frechet_entry(entry, metric, name)
     return ref
+
+def is_reference_entry(value):
+    """A metric's entry: Fréchet statistics {'mu', 'sigma'} or precision/recall {'features'}."""
+    return isinstance(value, dict) and (('mu' in value and 'sigma' in value) or 'features' in value)
 
 def _frechet_arrays(entry, name, path):
     """(mu, sigma) of a reference entry as numpy arrays, their shapes checked."""
