@@ -374,9 +374,8 @@ def summary_lines(records, metrics, summary, outdir):
     lines = []
     fixed = {'guide', 'guidance', 'label', 'interval', 'sigma', 'grid', 'evals_main', 'evals_guide', 'num_images'}
     for name in dict.fromkeys(k for r in records for k in r if k not in fixed):  # metrics' result names
-        valid = [r for r in records if r.get(name) is not None]
-        if valid:
-            best = min(valid, key=lambda r: r[name])
+        best = sweep_report.best_record(records, name)
+        if best is not None:
             lines.append(f'{name} = {best[name]:g}  (best: w = {best["guidance"]:g}, interval {best["label"]})')
     made = summary.evals_sweep['net'] + summary.evals_sweep['gnet']
     alone = summary.evals_separate['net'] + summary.evals_separate['gnet']

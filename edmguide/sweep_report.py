@@ -34,9 +34,20 @@ def _fmt(value):
     return '–' if value is None else f'{value:.3f}'
 
 
-def _best(rows, metric):
+def higher_is_better(name):
+    """Precision and recall (shares of a manifold) are better high; distances are better low."""
+    return name.startswith(('precision', 'recall'))
+
+
+def best_record(rows, metric):
+    """The row with the best finite value of `metric` (lowest distance, highest precision/recall), or None."""
     valid = [r for r in rows if r.get(metric) is not None]
-    return min(valid, key=lambda r: r[metric]) if valid else None
+    if not valid:
+        return None
+    return (max if higher_is_better(metric) else min)(valid, key=lambda r: r[metric])
+
+
+
 
 
 def markdown(records, metrics, summary, *, title='Guidance sweep'):
@@ -59,7 +70,7 @@ def markdown(records, metrics, summary, *, title='Guidance sweep'):
     for (guide, label), rows in sections:
         shown = ([base] if base is not None and rows[0]['grid'] is None else []) + rows
         lines += [f'## guide {guide}, interval {label}', '', header, rule]
-        best = {m: _best(shown, m) for m in metrics}
+        best = {m: best_record(shown, m) for m in metrics}
         for r in shown:
             cells = [f'**{_fmt(r.get(m))}**' if best[m] is r else _fmt(r.get(m)) for m in metrics]
             steps = 'none' if r['label'] == 'none' else 'all' if r['interval'] is None else f'[{r["interval"][0]}, {r["interval"][1]}]'
@@ -69,7 +80,7 @@ def markdown(records, metrics, summary, *, title='Guidance sweep'):
         lines.append('')
     lines += ['## Best setting per metric', '', '| metric | value | guide | interval | w |', '|---|---|---|---|---|']
     for m in metrics:
-        r = _best(records, m)
+        r = best_record(records, m)
         if r is not None:
             lines.append(f'| {m} | {r[m]:.3f} | {r["guide"] or "–"} | {r["label"]} | {r["guidance"]:g} |')
     return '\n'.join(lines) + '\n'
@@ -124,10 +135,10 @@ def heatmaps(records, metric, *, title=None):
         values = np.full((len(stops), len(starts)), np.nan)
         for r in rows:
             values[stops.index(r['interval'][1]), starts.index(r['interval'][0])] = r[metric]
-        best = _best(rows, metric)
+        best = best_record(rows, metric)
         plt = _pyplot()
         fig, ax = plt.subplots(figsize=(1.2 + 0.42 * len(starts), 1.0 + 0.36 * len(stops)))
-        image = ax.imshow(np.ma.masked_invalid(values), origin='lower', cmap='viridis_r', aspect='auto')
+        image = ax.imshow(np.ma.masked_invalid(values), origin='lower', cmap=('viridis' if higher_is_better(metric) else 'viridis_r'), aspect='auto')
         middle = (np.nanmin(values) + np.nanmax(values)) / 2
         for y in range(len(stops)):
             for x in range(len(starts)):
