@@ -2,15 +2,15 @@
 """The demo's precision and recall (pr_digits) against the guidance weight, for CFG over all steps and
 for the guidance interval: the analogue of the guidance-interval paper's Fig. 4.
 
-    python scripts/demo_precision_recall.py --num=500 --weights=1,1.5,2,2.5,3,4 --interval=15,21 \
+    python scripts/demo_precision_recall.py --num=500 --weights=1,1.5,2,2.5,3,4 --interval="[15, 21]" \
         --out=docs/demo-precision-recall.md --figure=docs/figures/demo_precision_recall.png
 
-Every setting measures the same seeds through the function behind `calculate_metrics.py gen`
-(`pipeline.calc_metrics_for_network`), with `fd_digits` alongside. Once `calculate_metrics.py sweep`
-exists, the same numbers come from it with `--metrics=fd_digits,pr_digits`.
+One sweep (`edmguide.sweep`, the implementation behind `calculate_metrics.py sweep`) over weights x
+{all, interval} with the CFG guide, metrics fd_digits and pr_digits, every setting on the same seeds;
+the same numbers come from `calculate_metrics.py sweep --metrics=fd_digits,pr_digits`. The sweep's
+own report and checkpoints stay in --workdir, so an interrupted run continues when rerun.
 """
 
-import concurrent.futures
 import os
 import sys
 
@@ -18,27 +18,33 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edmguide import images as imagelib, presets  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.guidance import parse_interval  # noqa: E402
-from edmguide.metrics import pipeline  # noqa: E402
+from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
+from edmguide.errors import run_cli  # noqa: E402
+from edmguide.metrics import stats as stats_lib  # noqa: E402
 
 METRICS = ['fd_digits', 'pr_digits']
 
 
-def measure_row(label, interval, weights, num_images):
-    """{w: {'fd_digits', 'precision', 'recall'}} for CFG (guide: the unconditional net), in its own process."""
-    import torch
-    torch.set_num_threads(1)
+def measure(weights, interval, num_images, workdir):
+    """{method label: {w: {'fd_digits', 'precision', 'recall'}}} from one sweep with the CFG guide."""
     files = presets.DEMO_FILES
-    row = {}
-    for w in weights:
-        row[w] = pipeline.calc_metrics_for_network(
-            files.cond, files.ref, METRICS, gnet_path=files.uncond, guidance=w, guidance_interval=interval,
-            num_images=num_images, seed=0, max_batch_size=250, device='cpu', progress=False)
-        print(f'{label:18s} w={w:<4g} ' + '  '.join(f'{k}={v:.4f}' for k, v in row[w].items()), flush=True)
-    return row
-
+    net, encoder, gnet = loading.load_networks(files.cond, files.uncond, 'cpu')
+    intervals = sweep.parse_intervals(['all', interval])
+    settings = sweep.expand_settings(weights, intervals, ['uncond'])
+    records, summary = sweep.run_sweep(net, encoder, settings, guides={'uncond': gnet}, ref=stats_lib.load_reference(files.ref),
+                                       ref_path=files.ref, metrics=METRICS, outdir=workdir, num_images=num_images,
+                                       max_batch_size=250, device='cpu', record=dict(script='demo_precision_recall'),
+                                       checkpoint_every=1)
+    sweep_report.write_report(workdir, records, ['fd_digits', 'precision', 'recall'], summary)
+    rows = {'CFG': {}, f'interval {intervals[1].label}': {}}
+    for r in records:
+        values = {k: r[k] for k in ('fd_digits', 'precision', 'recall')}
+        if r['guide'] is None:  # w = 1 is no guidance, the same for both methods
+            for row in rows.values():
+                row[1.0] = values
+        else:
+            rows['CFG' if r['interval'] is None else f'interval {intervals[1].label}'][r['guidance']] = values
+    return rows
 
 def markdown(rows, weights):
     lines = ['| w | ' + ' | '.join(f'{label} {col}' for label in rows for col in ('precision', 'recall', 'FD_digits')) + ' |',
@@ -72,28 +78,22 @@ def plot(rows, weights, path):
 
 @click.command()
 @click.option('--num', 'num_images', type=click.IntRange(min=4), default=500, show_default=True, help='Images per setting')
-@click.option('--weights', default='1,1.5,2,2.5,3,4', show_default=True, help='Guidance weights')
-@click.option('--interval', default='15,21', show_default=True, help='Guided steps "start,stop" of the interval rows')
+@click.option('--weights', default='1,1.5,2,2.5,3,4', show_default=True, help='Guidance weights (list or start:stop:step)')
+@click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval rows')
+@click.option('--workdir', default='out/demo-precision-recall', show_default=True, help='Sweep folder (report, checkpoints)')
 @click.option('--out', default='docs/demo-precision-recall.md', show_default=True, help='Markdown table to write')
 @click.option('--figure', default='docs/figures/demo_precision_recall.png', show_default=True, help='PNG to write')
-def main(num_images, weights, interval, out, figure):
-    """Precision/recall of the demo against the weight, CFG and the interval (two processes)."""
+def main(num_images, weights, interval, workdir, out, figure):
+    """Precision/recall of the demo against the weight, CFG and the interval (one sweep)."""
     def work():
-        parsed = parse_interval(interval)
-        if parsed is None:
-            raise UserError(f'--interval must be "start,stop" step indices, got {interval!r}')
-        try:
-            weight_list = tuple(float(w) for w in weights.split(','))
-        except ValueError:
-            raise UserError(f'--weights must be comma-separated numbers, got {weights!r}') from None
-        labels = {'CFG': None, f'interval [{parsed[0]}, {parsed[1]}]': tuple(parsed)}
-        with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
-            futures = {label: pool.submit(measure_row, label, iv, weight_list, num_images) for label, iv in labels.items()}
-            rows = {label: future.result() for label, future in futures.items()}
+        import torch
+        torch.set_num_threads(1)
+        weight_list = sweep.parse_weights(weights, '--weights')
+        rows = measure(weight_list, interval, num_images, workdir)
         command = (f'python scripts/demo_precision_recall.py --num={num_images} --weights={weights} '
-                   f'--interval={parsed[0]},{parsed[1]} --out={out} --figure={figure}')
+                   f'--interval="{interval}" --out={out} --figure={figure}')
         text = (f'{markdown(rows, weight_list)}\n\n{num_images} images per setting (seeds 0..{num_images - 1}, random '
-                f'classes, 32 Heun steps), against all 1797 digits; k = 3. Command: `{command}`\n')
+                f'classes, 32 Heun steps, batch 250), against all 1797 digits; k = 3. Command: `{command}`\n')
         imagelib.atomic_write(out, text.encode())
         plot(rows, weight_list, figure)
         print(text)
