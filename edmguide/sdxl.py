@@ -153,7 +153,7 @@ class SDXLModel:
 def load_sdxl(model, device=None, dtype=None):
     """SD-XL components from a diffusers model id or local folder (diffusers' cache; offline when
     cached, or with HF_HUB_OFFLINE=1). fp16 on CUDA, float32 elsewhere, unless `dtype` is given.
-    The VAE stays float32 when its config asks for it (`force_upcast`, as SD-XL's VAE overflows in fp16)."""
+    The VAE is always float32 (SD-XL's VAE overflows in fp16; diffusers upcasts it too, `force_upcast`)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -162,14 +162,12 @@ def load_sdxl(model, device=None, dtype=None):
                    text_encoder_2=CLIPTextModelWithProjection, tokenizer=CLIPTokenizer, tokenizer_2=CLIPTokenizer)
     parts = {}
     for name, cls in classes.items():
-        kwargs = {} if name.startswith('tokenizer') else dict(torch_dtype=dtype)
+        kwargs = {} if name.startswith('tokenizer') else dict(torch_dtype=torch.float32 if name == 'vae' else dtype)
         try:
             parts[name] = cls.from_pretrained(model, subfolder=SUBFOLDERS[name], **kwargs)
         except (OSError, ValueError, EnvironmentError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f'--sdxl={model!r}: cannot load {SUBFOLDERS[name]} ({first})') from None
-    if getattr(parts['vae'].config, 'force_upcast', False):
-        parts['vae'] = parts['vae'].to(torch.float32)
     for name in ('unet', 'vae', 'text_encoder', 'text_encoder_2'):
         parts[name] = parts[name].to(device).eval().requires_grad_(False)
     sched = _load_config(model, 'scheduler', 'scheduler_config.json')

@@ -178,9 +178,22 @@ def test_cli_writes_pngs_of_model_size(tiny_sdxl, tmp_path):
     assert names == ['000000.png', '000001.png', '000002.png']
     image = np.asarray(PIL.Image.open(tmp_path / names[0]))
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
-    assert 'main = 7, guide = 6' in result.output  # 4 steps, w = 16 on (0.28, 5.42]: steps 1..2 of 4
+    # 4 steps: 2 evaluations each but the last; the default interval (0.28, 5.42] taken literally.
+    levels = sampling.noise_levels(4, 0.03, 14.61, 3).tolist()[:-1]
+    guide = sum(2 if i < 3 else 1 for i, t in enumerate(levels) if 0.28 < t <= 5.42)
+    assert guide > 0
+    assert result.output.count(f'evaluations main = 7, guide = {guide}') == 3
 
 
 def test_cli_refuses_sdxl_options_in_edm2_mode(tiny_pickles, tmp_path):
     result = invoke(generate_images.main, ['--net', tiny_pickles['cond'], '--prompt', 'a cat', '--outdir', tmp_path])
     assert result.exit_code != 0 and '--prompt' in result.output
+
+
+@pytest.mark.parametrize('extra, needle', [(['--class', '3'], '--class'), (['--numerics', 'gi'], '--numerics'),
+                                           ([], '--prompt')])
+def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, extra, needle):
+    args = ['--sdxl', tiny_sdxl, '--outdir', tmp_path / 'out'] + (['--prompt', 'a cat'] if extra else []) + extra
+    result = invoke(generate_images.main, args)
+    assert result.exit_code != 0 and needle in result.output
+    assert 'Traceback' not in result.output and not (tmp_path / 'out').exists()
