@@ -197,3 +197,15 @@ def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, ext
     result = invoke(generate_images.main, args)
     assert result.exit_code != 0 and needle in result.output
     assert 'Traceback' not in result.output and not (tmp_path / 'out').exists()
+
+
+def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
+    from edmguide.guidance import parse_sigma_range
+    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
+    full = sdxl.sdxl_guidance(16, sigma_range=parse_sigma_range('(0, inf]'))
+    assert full.step_weights(sigmas) == [16.0] * 32
+    made = {}
+    for name, schedule in (('cfg', full), ('gi', sdxl.sdxl_guidance(16))):
+        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), schedule)], sigmas))[0]
+    # 31 steps x 2 + 1 for the main net; the guide on steps 10..25 only (16 steps, 2 evaluations each).
+    assert (made['cfg'].net, made['cfg'].gnet, made['gi'].net, made['gi'].gnet) == (63, 63, 63, 32)
