@@ -291,3 +291,78 @@ def generate_sdxl_images(model, prompt, seeds, outdir, *, negative_prompt='', gu
                     bar.write(f'{os.path.basename(path)}: evaluations main = {counter.net}, guide = {counter.gnet}')
             bar.update(len(batch))
     return written
+
+#----------------------------------------------------------------------------
+# Figures: the GI paper's SD-XL comparisons (Fig. 6) and interval-bound sweeps (Fig. 8).
+
+def figure_methods(name):
+    """(label, GuidanceSchedule) rows of an SD-XL figure on the default 32-step schedule.
+
+    'sdxl-fig6': CFG w = 2 and w = 16 over all sigma, and w = 16 on the paper's interval.
+    'sdxl-fig8-hi' / 'sdxl-fig8-lo': w = 16 with the upper bound swept (lower bound 0.28), or the
+    lower bound swept (upper bound 5.42). The sweep values are this project's choice of levels
+    along the schedule (`SWEEP_STARTS`, `SWEEP_STOPS`); the paper's Fig. 8 shows the same kind of sweep.
+    """
+    from edmguide.guidance import GuidanceSchedule
+    if name == 'sdxl-fig6':
+        return [('CFG w=2, all sigma', GuidanceSchedule.constant(2)),
+                ('CFG w=16, all sigma', GuidanceSchedule.constant(16)),
+                ('interval w=16, sigma in (0.28, 5.42]', sdxl_guidance(16))]
+    if name in ('sdxl-fig8-hi', 'sdxl-fig8-lo'):
+        from edmguide import sampling
+        sigmas = sampling.noise_levels(**DEFAULTS)
+        ranges = ([(start, 25) for start in SWEEP_STARTS] if name == 'sdxl-fig8-hi'
+                  else [(10, stop) for stop in SWEEP_STOPS])
+        rows = []
+        for start, stop in ranges:
+            lo, hi = float(sigmas[stop + 1]), float(sigmas[start])
+            rows.append((f'w=16, sigma in ({lo:.2f}, {hi:.2f}] (steps {start}-{stop})',
+                         sdxl_guidance(16, interval=(start, stop))))
+        return rows
+    raise UserError(f'--figs: unknown SD-XL figure {name!r}; choose from {", ".join(FIGURES)}')
+
+
+FIGURES = ('sdxl-fig6', 'sdxl-fig8-hi', 'sdxl-fig8-lo')
+# Fig. 8 sweeps on the default 32-step schedule, as step ranges (exact on that schedule): the upper
+# bound moved with the lower kept at 0.28 (t_26), then the lower moved with the upper kept at 5.42 (t_10).
+SWEEP_STARTS = (0, 5, 10, 15, 20)
+SWEEP_STOPS = (31, 28, 25, 22, 19)
+
+
+def parse_figures(text):
+    names = list(FIGURES) if text in ('all', 'sdxl') else [n.strip() for n in text.split(',') if n.strip()]
+    for name in names:
+        figure_methods(name)  # refuses unknown names before any work
+    return names
+
+
+def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='', max_batch_size=4):
+    """`<outdir>/<name>.png`: one labelled row per method, one column per (prompt, seed); every row
+    uses the same noise. All rows of a batch run as one `sample_tree`, so steps they share are
+    computed once. Returns the path."""
+    from edmguide import images as imagelib, sampling
+    from edmguide.figures import layout_comparison
+    from edmguide.seeds import StackedRandomGenerator
+    methods = figure_methods(name)
+    uncond = encode_prompt(model, negative_prompt, negative=True)
+    gnet = BoundDenoiser(model.denoiser, uncond)
+    rows = [[] for _ in methods]
+    for prompt in prompts:
+        net = BoundDenoiser(model.denoiser, encode_prompt(model, prompt))
+        for start in range(0, len(seeds), max_batch_size):
+            batch = list(seeds)[start:start + max_batch_size]
+            rng = StackedRandomGenerator(model.device, batch)
+            res = model.denoiser.img_resolution
+            noise = rng.randn([len(batch), model.denoiser.img_channels, res, res], device=model.device)
+            with torch.no_grad():
+                outs = sampling.sample_tree(net, noise, None, [(gnet, g) for _, g in methods], mode='edm2',
+                                            randn_like=rng.randn_like, **DEFAULTS)
+            for row, latents in zip(rows, outs):
+                row.extend(decode(model, latents).cpu())
+    short = [p if len(p) <= 40 else p[:37] + '...' for p in prompts]
+    headers = (short, [f'seed {s}' for _ in prompts for s in seeds])
+    grid = layout_comparison(rows, [label for label, _ in methods], scale=1, column_headers=headers,
+                             group_size=len(seeds))
+    path = os.path.join(outdir, f'{name}.png')
+    imagelib.save_png(path, grid)
+    return path

@@ -209,3 +209,19 @@ def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
         made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), schedule)], sigmas))[0]
     # 31 steps x 2 + 1 for the main net; the guide on steps 10..25 only (16 steps, 2 evaluations each).
     assert (made['cfg'].net, made['cfg'].gnet, made['gi'].net, made['gi'].gnet) == (63, 63, 63, 32)
+
+
+def test_figure_rows_and_cli_grid(tiny_sdxl, tmp_path):
+    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
+    fig6 = sdxl.figure_methods('sdxl-fig6')
+    assert [g.to_step_indices(sigmas) for _, g in fig6] == [((0, 31, 2.0),), ((0, 31, 16.0),), ((10, 25, 16.0),)]
+    hi = [g.to_step_indices(sigmas)[0][:2] for _, g in sdxl.figure_methods('sdxl-fig8-hi')]
+    lo = [g.to_step_indices(sigmas)[0][:2] for _, g in sdxl.figure_methods('sdxl-fig8-lo')]
+    assert all(stop == 25 for _, stop in hi) and all(start == 10 for start, _ in lo) and (10, 25) in hi and (10, 25) in lo
+    result = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--figs', 'sdxl-fig6', '--prompt', 'a cat',
+                                           '--prompt', 'a dog', '--seeds', '0,1', '--outdir', tmp_path])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(PIL.Image.open(tmp_path / 'sdxl-fig6.png'))
+    assert grid.shape[1] >= 4 * 16 and grid.shape[0] > 3 * 16  # 2 prompts x 2 seeds, 3 labelled rows
+    bad = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--figs', 'fig9', '--prompt', 'a', '--outdir', tmp_path / 'x'])
+    assert bad.exit_code != 0 and 'fig9' in bad.output and not (tmp_path / 'x').exists()
