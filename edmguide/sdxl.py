@@ -361,7 +361,8 @@ def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='
                 row.extend(decode(model, latents).cpu())
     short = [p if len(p) <= 40 else p[:37] + '...' for p in prompts]
     headers = (short, [f'seed {s}' for _ in prompts for s in seeds])
-    grid = layout_comparison(rows, [label for label, _ in methods], scale=1, column_headers=headers,
+    scale = max(1, 256 // model.resolution)  # small (test) models are enlarged so the labels fit
+    grid = layout_comparison(rows, [label for label, _ in methods], scale=scale, column_headers=headers,
                              group_size=len(seeds))
     path = os.path.join(outdir, f'{name}.png')
     imagelib.save_png(path, grid)
