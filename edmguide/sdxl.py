@@ -180,19 +180,19 @@ def load_sdxl(model, device=None, dtype=None):
 
 
 def _load_config(model, subfolder, filename):
-    """A JSON config of the model folder or hub id ({} when it has none)."""
+    """A JSON config of the model folder or hub id (through diffusers' config loader); {} when it has none."""
     if os.path.isdir(model):
         path = os.path.join(model, subfolder or '', filename)
-    else:
-        try:
-            from huggingface_hub import hf_hub_download
-            path = hf_hub_download(model, filename, subfolder=subfolder)
-        except Exception:  # no such file in the repository, or offline and not cached
+        if not os.path.isfile(path):
             return {}
-    if not os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    from diffusers import DiffusionPipeline, EulerDiscreteScheduler
+    cls = EulerDiscreteScheduler if filename == 'scheduler_config.json' else DiffusionPipeline
+    try:
+        return dict(cls.load_config(model, subfolder=subfolder) if subfolder else cls.load_config(model))
+    except Exception:  # no such file in the repository, or offline and not cached
         return {}
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
 
 
 @torch.no_grad()
