@@ -225,3 +225,13 @@ def test_figure_rows_and_cli_grid(tiny_sdxl, tmp_path):
     assert grid.shape[1] >= 4 * 16 and grid.shape[0] > 3 * 16  # 2 prompts x 2 seeds, 3 labelled rows
     bad = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--figs', 'fig9', '--prompt', 'a', '--outdir', tmp_path / 'x'])
     assert bad.exit_code != 0 and 'fig9' in bad.output and not (tmp_path / 'x').exists()
+
+
+def test_module_imports_neither_diffusers_nor_transformers():
+    import subprocess
+    import sys
+    code = ('import sys, generate_images; from edmguide import sdxl, generation; '
+            'print([m for m in ("diffusers", "transformers") if m in sys.modules])')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == '[]'
