@@ -7,6 +7,8 @@ Three ways to call it (the first two are upstream command lines, unchanged):
                              plus --guidance_interval="[17, 22]" or --guidance_sigma="(0.1886, 1.6086]"
   figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
+  SD-XL (diffusers):         --sdxl=MODEL --prompt=TEXT [--negative_prompt=TEXT] --seeds=0-3 --outdir=DIR
+                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25)
 """
 
 from edmguide import threads
@@ -107,6 +109,55 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
     return path
 
 
+def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, guidance_interval=None,
+                  guidance_sigma=None, seeds=range(4), max_batch_size=4, device=None, verbose=False, **sampler_kwargs):
+    """SD-XL seed mode: `<seed:06d>.png` per seed; sampler options not given take the SD-XL defaults,
+    and without an interval option the guidance is the paper's (0.28, 5.42] (steps 10..25 of 32)."""
+    from edmguide import sdxl
+    from edmguide.generation import pick_device
+    from edmguide.sampling import check_sampler_kwargs
+    kwargs = dict(sdxl.DEFAULTS, **sampler_kwargs)
+    check_sampler_kwargs(kwargs)
+    device = pick_device(device)
+    check_output_dir(outdir, '--outdir')  # before the model is loaded
+    weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
+    schedule = sdxl.sdxl_guidance(weight, guidance_interval, guidance_sigma, device=device,
+                                  **{k: v for k, v in kwargs.items() if k in sdxl.DEFAULTS})
+    model = sdxl.load_sdxl(model, device)
+    print(f'Generating {len(seeds)} images to "{outdir}" ({schedule}; {kwargs["num_steps"]} Heun steps, '
+          f'sigma {kwargs["sigma_max"]:g} -> {kwargs["sigma_min"]:g}, rho {kwargs["rho"]:g})...', flush=True)
+    written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, negative_prompt=negative_prompt,
+                                        guidance=schedule, max_batch_size=max_batch_size, **kwargs)
+    print('Done.')
+    return written
+
+
+def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', seeds=(0, 1), max_batch_size=4,
+                          device=None):
+    """The GI paper's SD-XL comparisons (`--figs=sdxl-fig6,sdxl-fig8-hi,sdxl-fig8-lo` or `all`) as
+    labelled grids `<outdir>/<name>.png`: rows = guidance settings, columns = prompts x seeds."""
+    from edmguide import sdxl
+    from edmguide.generation import pick_device
+    names = sdxl.parse_figures(figs)
+    device = pick_device(device)
+    check_output_dir(outdir, '--outdir')
+    model = sdxl.load_sdxl(model, device)
+    written = []
+    for name in names:
+        print(f'Rendering {name} ({len(prompts)} prompts x {len(seeds)} seeds)...', flush=True)
+        written.append(sdxl.render_sdxl_figure(model, name, prompts, list(seeds), outdir,
+                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size))
+        print(f'Wrote {written[-1]}')
+    print('Done.')
+    return written
+
+
+SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'guidance',
+                'guidance_interval', 'guidance_sigma', 'device', 'verbose', 'threads', 'num_steps', 'sigma_min',
+                'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
+SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'device',
+                       'verbose', 'threads')
+SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt')
 FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
 
@@ -143,16 +194,46 @@ def _refuse_unused(given, used, mode):
 @click.option('--figs', help='Figure mode: comma-separated figure names or "all"', metavar='LIST')
 @click.option('--results_dir', help='Figure mode: output directory', metavar='DIR', default='./results', show_default=True)
 @click.option('--seed', help='Figure mode: accepted for compatibility, unused', type=int, default=0)
+@click.option('--sdxl', help='SD-XL mode: diffusers model id or local folder', metavar='MODEL')
+@click.option('--prompt', help='SD-XL mode: text prompt (repeat it for several rows of --figs)', metavar='TEXT',
+              multiple=True)
+@click.option('--negative_prompt', help='SD-XL mode: prompt of the guiding (unconditional) branch', metavar='TEXT',
+              default='', show_default=True)
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, **opts):
     """Generate images using the given model(s)."""
     del seed
     given = _options_given(click.get_current_context())
 
     def work():
+        if sdxl:
+            if not prompt:
+                raise UserError('--sdxl needs --prompt')
+            if outdir is None:
+                raise UserError('--sdxl needs --outdir')
+            from edmguide.seeds import parse_seed_list
+            if figs:
+                _refuse_unused(given, SDXL_FIGURE_OPTIONS, "--sdxl --figs renders the paper's SD-XL comparisons "
+                                                           'with its sampler settings')
+                return generate_sdxl_figures(sdxl, figs, list(prompt), outdir, negative_prompt=negative_prompt,
+                                             seeds=parse_seed_list(seeds), device=device,
+                                             max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4)
+            _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
+            if len(prompt) > 1:
+                raise UserError('--prompt given more than once: only --figs takes several prompts')
+            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+            from edmguide.sampling import OPTION_KEYS
+            sampler = {k: v for k, v in opts.items() if k in OPTION_KEYS and k in given}  # others: SD-XL defaults
+            return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
+                                 guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
+                                 max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4,
+                                 device=device, verbose=verbose, **sampler)
+        misplaced = [given[name] for name in SDXL_ONLY_OPTIONS if name in given]
+        if misplaced:
+            raise UserError(f'{", ".join(misplaced)} only apply with --sdxl')
         if cond_pkl or uncond_pkl or figs:
             _refuse_unused(given, FIGURE_MODE_OPTIONS, "figure mode renders the paper's figures with their own settings")
             if not (cond_pkl and uncond_pkl):

@@ -1,0 +1,237 @@
+"""edmguide.sdxl: the EDM adapter around a tiny SD-XL diffusers folder built here (offline, CPU)."""
+
+import json
+import os
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+import generate_images
+from cli_helpers import invoke
+from edmguide import sampling, sdxl
+from edmguide.guidance import GuidanceSchedule
+from edmguide.sampling import EvalCounter
+
+_WORDS = ['a', 'cat', 'dog', 'photo', 'of', 'red']
+
+
+def _write_tokenizer(folder):
+    os.makedirs(folder, exist_ok=True)
+    vocab = {'<|startoftext|>': 0, '<|endoftext|>': 1}
+    for ch in 'abcdefghijklmnopqrstuvwxyz':
+        vocab[ch] = len(vocab)
+        vocab[ch + '</w>'] = len(vocab)
+    for word in _WORDS:
+        vocab.setdefault(word + '</w>', len(vocab))
+    with open(os.path.join(folder, 'vocab.json'), 'w') as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, 'merges.txt'), 'w') as f:
+        f.write('#version: 0.2\n')
+    from transformers import CLIPTokenizer
+    tok = CLIPTokenizer(os.path.join(folder, 'vocab.json'), os.path.join(folder, 'merges.txt'), model_max_length=8)
+    tok.save_pretrained(folder)
+    return len(vocab)
+
+
+@pytest.fixture(scope='session')
+def tiny_sdxl(tmp_path_factory):
+    """A local diffusers folder with tiny random SD-XL components (unet, vae, 2 encoders, 2 tokenizers)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    root = tmp_path_factory.mktemp('tiny-sdxl')
+    torch.manual_seed(0)
+    vocab_size = _write_tokenizer(str(root / 'tokenizer'))
+    _write_tokenizer(str(root / 'tokenizer_2'))
+    common = dict(vocab_size=vocab_size, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=8,
+                  bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=32, **common)).save_pretrained(root / 'text_encoder')
+    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, intermediate_size=64, projection_dim=32, **common)
+                                ).save_pretrained(root / 'text_encoder_2')
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=('DownBlock2D', 'CrossAttnDownBlock2D'), up_block_types=('CrossAttnUpBlock2D', 'UpBlock2D'),
+        cross_attention_dim=16 + 32, attention_head_dim=(2, 4), norm_num_groups=32,
+        addition_embed_type='text_time', addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=32 + 6 * 8)
+    with torch.no_grad():  # random output layer, so the net's output depends on its input
+        unet.conv_out.weight.normal_(0, 0.05)
+    unet.save_pretrained(root / 'unet')
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=('DownEncoderBlock2D',) * 2, up_block_types=('UpDecoderBlock2D',) * 2,
+                  norm_num_groups=8, sample_size=16).save_pretrained(root / 'vae')
+    os.makedirs(root / 'scheduler')
+    (root / 'scheduler' / 'scheduler_config.json').write_text(json.dumps(dict(
+        _class_name='EulerDiscreteScheduler', beta_start=0.00085, beta_end=0.012, beta_schedule='scaled_linear',
+        num_train_timesteps=1000, prediction_type='epsilon')))
+    (root / 'model_index.json').write_text(json.dumps(dict(_class_name='StableDiffusionXLPipeline',
+                                                           force_zeros_for_empty_prompt=True)))
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def model(tiny_sdxl):
+    return sdxl.load_sdxl(tiny_sdxl, 'cpu')
+
+
+def _reference_sigmas():
+    """The SD-XL training levels in numpy float64, from the betas."""
+    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
+    abar = np.cumprod(1 - betas)
+    return np.sqrt((1 - abar) / abar)
+
+
+def test_sigma_quantisation_is_nearest_training_level(model):
+    ref = _reference_sigmas()
+    np.testing.assert_allclose(model.denoiser.sigmas.numpy(), ref, rtol=1e-12)
+    rng = np.random.default_rng(0)
+    queries = np.concatenate([np.exp(rng.uniform(np.log(0.01), np.log(20), 200)), ref[[0, 500, 999]], [14.61, 0.03]])
+    expected = np.array([np.argmin(np.abs(ref - q)) for q in queries])
+    got = model.denoiser.sigma_index(torch.tensor(queries)).numpy()
+    assert (got == expected).all()
+    np.testing.assert_allclose(model.denoiser.round_sigma(torch.tensor(queries)).numpy(), ref[expected], rtol=1e-12)
+    assert model.denoiser.sigma_min == pytest.approx(ref[0]) and model.denoiser.sigma_max == pytest.approx(ref[-1])
+
+
+@pytest.mark.parametrize('prediction', ['epsilon', 'v_prediction'])
+def test_denoiser_equals_direct_unet_recomputation(model, prediction):
+    cond = sdxl.encode_prompt(model, 'a photo of a cat')
+    assert cond.embeds.shape == (1, 8, 48) and cond.pooled.shape == (1, 32)
+    assert cond.time_ids.tolist() == [[16, 16, 0, 0, 16, 16]]
+    den = sdxl.SDXLDenoiser(model.denoiser.unet, prediction, model.denoiser.sigmas)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 3
+    sigma = 2.5
+    ref = _reference_sigmas()
+    i = int(np.argmin(np.abs(ref - sigma)))
+    s = float(ref[i])
+    with torch.no_grad():
+        out = model.denoiser.unet(x / np.sqrt(s * s + 1), torch.tensor([i, i]),
+                                  encoder_hidden_states=cond.embeds.repeat(2, 1, 1),
+                                  added_cond_kwargs=dict(text_embeds=cond.pooled.repeat(2, 1),
+                                                         time_ids=cond.time_ids.repeat(2, 1))).sample
+        expected = x - s * out if prediction == 'epsilon' else x / (s * s + 1) - s / np.sqrt(s * s + 1) * out
+        got = sdxl.BoundDenoiser(den, cond)(x, torch.tensor(sigma))
+    assert got.shape == x.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, x)
+
+
+def test_empty_negative_prompt_is_zeros_and_prompts_differ(model):
+    neg = sdxl.encode_prompt(model, '', negative=True)
+    assert not neg.embeds.any() and not neg.pooled.any()
+    a, b = sdxl.encode_prompt(model, 'a cat'), sdxl.encode_prompt(model, 'a dog')
+    assert not torch.equal(a.embeds, b.embeds)
+
+
+def test_default_interval_is_steps_10_to_25():
+    sigmas = sampling.noise_levels(**{k: v for k, v in sdxl.DEFAULTS.items()})
+    schedule = sdxl.sdxl_guidance(16)
+    assert schedule.to_step_indices(sigmas) == ((10, 25, 16.0),)
+    assert sdxl.sdxl_guidance(16, interval=(10, 25)).step_weights(sigmas) == schedule.step_weights(sigmas)
+
+
+def _latents(model, guidance, seeds=(0, 1), counter=None, **kw):
+    cond, uncond = sdxl.encode_prompt(model, 'a red cat'), sdxl.encode_prompt(model, '', negative=True)
+    return sdxl.sample_latents(model, cond, uncond, list(seeds), guidance, counter=counter, num_steps=8, **kw)
+
+
+def test_guidance_special_cases_are_bit_identical(model):
+    sigmas = sampling.noise_levels(8, 0.03, 14.61, 3)
+    plain = _latents(model, None)
+    assert torch.equal(_latents(model, 1.0), plain)
+    assert torch.equal(_latents(model, GuidanceSchedule.sigma_range(16, 20.0, 30.0)), plain)  # covers no step
+    cfg = _latents(model, GuidanceSchedule.constant(16))
+    assert not torch.equal(cfg, plain)
+    covering = GuidanceSchedule.sigma_range(16, 0.001, 15.0)
+    assert covering.to_step_indices(sigmas) == ((0, 7, 16.0),)
+    assert torch.equal(_latents(model, covering), cfg)
+
+
+def test_guide_evaluations_only_inside_interval(model):
+    sigmas = sampling.noise_levels(8, 0.03, 14.61, 3)
+    schedule = GuidanceSchedule.step_indices(16, 2, 4, sigmas)
+    counter = EvalCounter()
+    _latents(model, schedule, counter=counter)
+    assert (counter.net, counter.gnet) == (15, 6)  # 7 steps x 2 + last step x 1; steps 2..4 guided x 2
+    none = EvalCounter()
+    _latents(model, GuidanceSchedule.sigma_range(16, 20.0, 30.0), counter=none)
+    assert (none.net, none.gnet) == (15, 0)
+
+
+def test_per_seed_determinism_across_batch_sizes(model):
+    together = _latents(model, 3.0, seeds=(5, 6, 7))
+    alone = torch.cat([_latents(model, 3.0, seeds=(s,)) for s in (5, 6, 7)])
+    # The noise is per seed (bit-identical); the UNet's batched matrix products may round differently
+    # for another batch size, so the latents agree to float32 rounding rather than bit for bit.
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
+    assert not torch.equal(together[0], together[1])
+
+
+def test_cli_writes_pngs_of_model_size(tiny_sdxl, tmp_path):
+    result = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--prompt', 'a photo of a dog', '--seeds', '0-2',
+                                           '--outdir', tmp_path, '--steps', '4', '--batch', '2', '--device', 'cpu'])
+    assert result.exit_code == 0, result.output
+    names = sorted(os.listdir(tmp_path))
+    assert names == ['000000.png', '000001.png', '000002.png']
+    image = np.asarray(PIL.Image.open(tmp_path / names[0]))
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8
+    # 4 steps: 2 evaluations each but the last; the default interval (0.28, 5.42] taken literally.
+    levels = sampling.noise_levels(4, 0.03, 14.61, 3).tolist()[:-1]
+    guide = sum(2 if i < 3 else 1 for i, t in enumerate(levels) if 0.28 < t <= 5.42)
+    assert guide > 0
+    assert result.output.count(f'evaluations main = 7, guide = {guide}') == 3
+
+
+def test_cli_refuses_sdxl_options_in_edm2_mode(tiny_pickles, tmp_path):
+    result = invoke(generate_images.main, ['--net', tiny_pickles['cond'], '--prompt', 'a cat', '--outdir', tmp_path])
+    assert result.exit_code != 0 and '--prompt' in result.output
+
+
+@pytest.mark.parametrize('extra, needle', [(['--class', '3'], '--class'), (['--numerics', 'gi'], '--numerics'),
+                                           ([], '--prompt')])
+def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, extra, needle):
+    args = ['--sdxl', tiny_sdxl, '--outdir', tmp_path / 'out'] + (['--prompt', 'a cat'] if extra else []) + extra
+    result = invoke(generate_images.main, args)
+    assert result.exit_code != 0 and needle in result.output
+    assert 'Traceback' not in result.output and not (tmp_path / 'out').exists()
+
+
+def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
+    from edmguide.guidance import parse_sigma_range
+    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
+    full = sdxl.sdxl_guidance(16, sigma_range=parse_sigma_range('(0, inf]'))
+    assert full.step_weights(sigmas) == [16.0] * 32
+    made = {}
+    for name, schedule in (('cfg', full), ('gi', sdxl.sdxl_guidance(16))):
+        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), schedule)], sigmas))[0]
+    # 31 steps x 2 + 1 for the main net; the guide on steps 10..25 only (16 steps, 2 evaluations each).
+    assert (made['cfg'].net, made['cfg'].gnet, made['gi'].net, made['gi'].gnet) == (63, 63, 63, 32)
+
+
+def test_figure_rows_and_cli_grid(tiny_sdxl, tmp_path):
+    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
+    fig6 = sdxl.figure_methods('sdxl-fig6')
+    assert [g.to_step_indices(sigmas) for _, g in fig6] == [((0, 31, 2.0),), ((0, 31, 16.0),), ((10, 25, 16.0),)]
+    hi = [g.to_step_indices(sigmas)[0][:2] for _, g in sdxl.figure_methods('sdxl-fig8-hi')]
+    lo = [g.to_step_indices(sigmas)[0][:2] for _, g in sdxl.figure_methods('sdxl-fig8-lo')]
+    assert all(stop == 25 for _, stop in hi) and all(start == 10 for start, _ in lo) and (10, 25) in hi and (10, 25) in lo
+    result = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--figs', 'sdxl-fig6', '--prompt', 'a cat',
+                                           '--prompt', 'a dog', '--seeds', '0,1', '--outdir', tmp_path])
+    assert result.exit_code == 0, result.output
+    grid = np.asarray(PIL.Image.open(tmp_path / 'sdxl-fig6.png'))
+    assert grid.shape[1] >= 4 * 16 and grid.shape[0] > 3 * 16  # 2 prompts x 2 seeds, 3 labelled rows
+    bad = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--figs', 'fig9', '--prompt', 'a', '--outdir', tmp_path / 'x'])
+    assert bad.exit_code != 0 and 'fig9' in bad.output and not (tmp_path / 'x').exists()
+
+
+def test_module_imports_neither_diffusers_nor_transformers():
+    import subprocess
+    import sys
+    code = ('import sys, generate_images; from edmguide import sdxl, generation; '
+            'print([m for m in ("diffusers", "transformers") if m in sys.modules])')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == '[]'
