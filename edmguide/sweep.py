@@ -272,7 +272,7 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
         rewrite = _check_outdir(outdir, full_record)
     except UserError as exc:
         failure = str(exc)
-    pipeline._raise_on_every_rank(failure, device)  # pylint: disable=protected-access
+    pipeline.raise_on_every_rank(failure, device)
     dist.barrier()
     if rank == 0 and rewrite:
         imagelib.atomic_write(os.path.join(outdir, SETTINGS_FILE), json.dumps(full_record, indent=1).encode())
@@ -318,7 +318,7 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
                     _save(checkpoints, batch_idx, accs)
         except UserError as exc:
             failure = str(exc)
-    pipeline._raise_on_every_rank(failure, device)  # pylint: disable=protected-access
+    pipeline.raise_on_every_rank(failure, device)
     if batch_idx != done or state is None:
         _save(checkpoints, len(all_batches), accs)
     for record_, row in zip(records, accs):

@@ -108,7 +108,7 @@ def compute_accumulators(batches, metrics, *, device=None, detector_kwargs=None,
                 bar.update(step_images[step] if step_images and step < len(step_images) else images.shape[0])
         except UserError as exc:
             failure = str(exc)
-    _raise_on_every_rank(failure, device)
+    raise_on_every_rank(failure, device)
     num_images = 0
     for name in metrics:
         dim = dims.get(name, 0)
@@ -133,7 +133,7 @@ def compute_stats(batches, metrics, **kwargs):
     metric: {'mu', 'sigma'}} (float64), with {'features'} entries for precision/recall metrics."""
     return reference_entries(*compute_accumulators(batches, metrics, **kwargs))
 
-def _raise_on_every_rank(failure, device):
+def raise_on_every_rank(failure, device):
     """Raise UserError(failure) on every rank if any rank has a failure message (the lowest
     failing rank's message), so that no rank is left waiting in the all-reduce that a failed rank
     never reaches."""
@@ -248,6 +248,14 @@ def metric_results(name, accumulator, ref, metrics, ref_path='reference', device
     values = kinds.get_kind(name).results(name, accumulator, ref[name], path=ref_path, device=device)
     return {_result_key(key, name, metrics): float(value) for key, value in values.items()}
 
+def _finite(key, value, ref_path):
+    """`value` as a float, or a UserError if it is not finite: such a value is never printed as a
+    result nor written (NaN is not JSON either)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise UserError(f'{key} is not finite ({value}) for these images against {ref_path}; nothing was written')
+    return value
+
 def results_to_reference(accumulators, ref, metrics, ref_path='reference', device=None):
     """{result name: value} of each metric against `ref`: {'fid': v, ...} for Fréchet metrics,
     {'precision': p, 'recall': r} for precision/recall (several PR metrics: 'precision_<metric>').
@@ -255,10 +263,7 @@ def results_to_reference(accumulators, ref, metrics, ref_path='reference', devic
     results = {}
     for name in metrics:
         for key, value in metric_results(name, accumulators[name], ref, metrics, ref_path, device).items():
-            if not math.isfinite(value):  # never printed as a value nor written (NaN is not JSON either)
-                raise UserError(f'{key} is not finite ({value}) for these images against {ref_path}; '
-                                f'nothing was written')
-            results[key] = value
+            results[key] = _finite(key, value, ref_path)
     return results
 
 def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
@@ -267,10 +272,7 @@ def frechet_to_reference(stats, ref, metrics, ref_path='reference'):
     for name in metrics:
         stats_lib.reference_dim(ref, name, ref_path)
         results.update(kinds.frechet_entry_results(name, stats[name]['mu'], stats[name]['sigma'], ref[name], ref_path))
-    for key, value in results.items():
-        if not math.isfinite(float(value)):
-            raise UserError(f'{key} is not finite ({value}) for these images against {ref_path}; nothing was written')
-    return results
+    return {key: _finite(key, value, ref_path) for key, value in results.items()}
 
 #----------------------------------------------------------------------------
 # Jobs behind the command-line forms.
