@@ -48,7 +48,7 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
 
 def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, max_batch_size=32,
                              device=torch.device('cpu'), rank=None, world_size=None, mode='edm2', sync=True,
-                             batches=None, **sampler_kwargs):
+                             batches=None, sampler=None, **sampler_kwargs):
     """`generate_batches` for several guidance settings of the same seeds at once.
 
     `branches`: list of (gnet, guidance) pairs. Per batch, one EasyDict with `images` and `latents`
@@ -56,6 +56,11 @@ def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, m
     setting with the same seeds and batching), `labels`, `noise`, `seeds`, `indices`, `batch_idx`,
     `num_batches`, `counter` (evaluations made, shared prefixes computed once: `sampling.sample_tree`)
     and `timing`.
+
+    `sampler`: the tree sampler to run, called as `sampling.sample_tree` is (net, noise, labels,
+    branches, mode=, randn_like=, counter=, **sampler_kwargs); default `sampling.sample_tree`. Another
+    model family's loop plugs in here (DiT's: `edmguide.models.dit.generation_sampler`) and keeps
+    everything else: per-seed generators, batching, decoding, the finiteness check.
     """
     sampling.check_sampler_kwargs(sampler_kwargs)
     branches = [(gnet, sampling.as_schedule(guidance)) for gnet, guidance in branches]
@@ -63,8 +68,9 @@ def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, m
                                rank=rank, world_size=world_size, mode=mode, sync=sync, batches=batches):
         counter = sampling.EvalCounter()
         with torch.no_grad():
-            latents = sampling.sample_tree(net, batch.noise, batch.labels, branches, mode=mode,
-                                           randn_like=batch.rng.randn_like, counter=counter, **sampler_kwargs)
+            latents = (sampler or sampling.sample_tree)(net, batch.noise, batch.labels, branches, mode=mode,
+                                                        randn_like=batch.rng.randn_like, counter=counter,
+                                                        **sampler_kwargs)
             _synchronize(device)
             t1 = time.perf_counter()
             for lat in latents:
