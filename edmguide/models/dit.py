@@ -177,7 +177,8 @@ def guided_steps(guidance, mapping=DEFAULT_MAPPING, num_steps=NUM_STEPS):
 def step_interval_schedule(weight, start, stop, mapping=DEFAULT_MAPPING, num_steps=NUM_STEPS):
     """Steps start..stop (inclusive, sampling order) as the sigma range (sigma_{stop+1}, sigma_start]
     of `mapping`. Where sigma_{stop+1} is the level 0 of the paper mapping's last step, the lower bound
-    is the smallest positive float instead (0 itself would also cover that step)."""
+    is the smallest positive float instead (0 itself would also cover that step); the last step alone
+    under 'paper' is (0, smallest positive float]."""
     sigmas = step_sigmas(mapping, num_steps).tolist()
     if not 0 <= start <= stop <= num_steps - 1:
         raise UserError(f'guidance interval [{start}, {stop}] must satisfy 0 <= start <= stop <= {num_steps - 1} '
@@ -185,7 +186,8 @@ def step_interval_schedule(weight, start, stop, mapping=DEFAULT_MAPPING, num_ste
     lo = sigmas[stop + 1] if stop + 1 < num_steps else 0.0
     if lo == 0 and stop + 1 < num_steps:
         lo = math.nextafter(0.0, 1.0)
-    schedule = GuidanceSchedule.sigma_range(weight, lo, sigmas[start])
+    hi = sigmas[start] if sigmas[start] > 0 else math.nextafter(0.0, 1.0)  # [249, 249] under 'paper': (0, tiny]
+    schedule = GuidanceSchedule.sigma_range(weight, lo, hi)
     assert guided_steps(schedule, mapping, num_steps) == list(range(start, stop + 1)) or weight == 1
     return schedule
 
