@@ -9,6 +9,10 @@ Three ways to call it (the first two are upstream command lines, unchanged):
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
   SD-XL (diffusers):         --sdxl=MODEL --prompt=TEXT [--negative_prompt=TEXT] --seeds=0-3 --outdir=DIR
                              (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25)
+  DiT-XL/2:                  --dit=MODEL --seeds=0-7 [--class=C[,C...]] --outdir=DIR
+                             (DiT's 250-step DDPM sampler; by default the paper's FID setting, w = 2.5
+                             on sigma in (0.34, 1.02] = 75 of 250 steps); --numerics=dit --seed=S
+                             --class=LIST reproduces DiT's sample.py; --figs=comparison the Table 1 grid
 """
 
 from edmguide import threads
@@ -152,6 +156,41 @@ def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', s
     return written
 
 
+def generate_dit(model, outdir, *, seeds, class_idx=None, guidance=None, guidance_interval=None,
+                 guidance_sigma=None, numerics=None, seed=0, figs=None, max_batch_size=32, subdirs=False,
+                 overwrite=False, device=None, **dit_options):
+    """DiT mode: per-seed PNGs, DiT sample.py's batch (numerics 'dit') or the comparison grid
+    (figs 'comparison'); without a guidance option, the paper's FID setting w = 2.5 on (0.34, 1.02]."""
+    from edmguide.generation import pick_device
+    from edmguide.models import dit, dit_generation
+    device = pick_device(device)
+    weight = dit.DEFAULT_GUIDANCE if guidance is None else guidance
+    options = dict(mapping=dit_options.get('dit_mapping', dit.DEFAULT_MAPPING),
+                   guide_channels=dit_options.get('dit_guide_channels', '3'),
+                   embedding=dit_options.get('dit_embedding', 'dit'),
+                   vae=dit_options.get('dit_vae', dit_generation.DEFAULT_VAE), overwrite=overwrite, device=device)
+    if numerics == 'dit' and (isinstance(seed, bool) or seed < 0):
+        raise UserError(f'--seed={seed}: seeds are non-negative integers')
+    if figs is not None:
+        if figs not in ('comparison', 'all'):
+            raise UserError(f'--dit --figs={figs!r}: DiT has one figure, "comparison"')
+        classes = (list(class_idx) if isinstance(class_idx, tuple) else
+                   list(dit_generation.COMPARISON_CLASSES) if class_idx is None else [class_idx])
+        return [dit_generation.render_dit_comparison(model, outdir, classes=classes, seeds=list(seeds), **options)]
+    if numerics == 'dit':
+        if class_idx is None:
+            raise UserError('--numerics=dit needs --class: the class list of DiT\'s sample.py (one image per class)')
+        classes = list(class_idx) if isinstance(class_idx, tuple) else [class_idx]
+        return dit_generation.generate_dit_reference_images(model, outdir, classes=classes, seed=seed, guidance=weight,
+                                                            interval=guidance_interval, sigma_range=guidance_sigma,
+                                                            **options)
+    from torch_utils import distributed as dist
+    dist.init()
+    return dit_generation.generate_dit_images(model, outdir, seeds=seeds, class_idx=class_idx, guidance=weight,
+                                              interval=guidance_interval, sigma_range=guidance_sigma,
+                                              max_batch_size=max_batch_size, subdirs=subdirs, **options)
+
+
 SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'guidance',
                 'guidance_interval', 'guidance_sigma', 'device', 'verbose', 'threads', 'num_steps', 'sigma_min',
                 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
@@ -160,6 +199,12 @@ SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'outdir', 's
 SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt')
 FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
+DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels', 'overwrite')
+DIT_COMMON = ('dit', 'outdir', 'device', 'verbose', 'threads') + DIT_ONLY_OPTIONS
+DIT_OPTIONS = DIT_COMMON + ('seeds', 'class_idx', 'max_batch_size', 'subdirs', 'guidance', 'guidance_interval',
+                            'guidance_sigma', 'numerics')
+DIT_SAMPLE_PY_OPTIONS = DIT_COMMON + ('seed', 'class_idx', 'guidance', 'guidance_interval', 'guidance_sigma', 'numerics')
+DIT_FIGURE_OPTIONS = DIT_COMMON + ('figs', 'seeds', 'class_idx')
 
 
 def _options_given(ctx):
@@ -182,33 +227,80 @@ def _refuse_unused(given, used, mode):
 @click.option('--outdir', help='Where to save the output images', metavar='DIR')
 @click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True)
 @click.option('--seeds', help='List of random seeds (e.g. 1,2,5-10)', metavar='LIST', default='16-19', show_default=True)
-@click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0))
+@click.option('--class', 'class_idx', help='Class label  [default: random]; with --dit also a list: one class per '
+              'seed, or the class list of --numerics=dit', type=cli.ClassList())
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True)
 @click.option('--guidance', help='Guidance strength  [default: 1; no guidance]', type=float)
 @click.option('--guidance_interval', help='Guide only steps "[start, stop]" (inclusive indices)', metavar='"[I0, I1]"')
 @click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"')
-@click.option('--numerics', type=click.Choice(['edm2', 'gi']), default=None, help=cli.NUMERICS_HELP + '  [default: edm2; gi in figure mode]')
+@click.option('--numerics', type=click.Choice(['edm2', 'gi', 'dit']), default=None,
+              help=cli.NUMERICS_HELP + "; with --dit: 'dit' = DiT sample.py's noise for --seed and the --class list  "
+              '[default: edm2; gi in figure mode; per-seed noise with --dit]')
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
 @click.option('--cond_pkl', help='Figure mode: conditional network pickle or .safetensors', metavar='PKL')
 @click.option('--uncond_pkl', help='Figure mode: guiding (unconditional) network pickle or .safetensors', metavar='PKL')
 @click.option('--figs', help='Figure mode: comma-separated figure names or "all"', metavar='LIST')
 @click.option('--results_dir', help='Figure mode: output directory', metavar='DIR', default='./results', show_default=True)
-@click.option('--seed', help='Figure mode: accepted for compatibility, unused', type=int, default=0)
+@click.option('--seed', help='--dit --numerics=dit: the seed of sample.py; figure mode: accepted for compatibility, '
+              'unused', type=int, default=0)
 @click.option('--sdxl', help='SD-XL mode: diffusers model id or local folder', metavar='MODEL')
 @click.option('--prompt', help='SD-XL mode: text prompt (repeat it for several rows of --figs)', metavar='TEXT',
               multiple=True)
 @click.option('--negative_prompt', help='SD-XL mode: prompt of the guiding (unconditional) branch', metavar='TEXT',
               default='', show_default=True)
+@click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id; DiT's 250-step sampler, by "
+              "default the paper's FID setting w = 2.5 on sigma in (0.34, 1.02] (75 of 250 steps; CFG at every "
+              'step: --guidance=1.5 --guidance_sigma="(0, inf]")', metavar='MODEL')
+@click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
+@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), default='dit', show_default=True,
+              help="DiT mode: timestep embedding of DiT's code, or diffusers' as it ships")
+@click.option('--dit_mapping', type=click.Choice(['paper', 'model']), default='paper', show_default=True,
+              help="DiT mode: a step's sigma: the paper's Appendix A (EDM iDDPM u_{1000-t}) or the model's "
+              'sqrt((1-abar_t)/abar_t)')
+@click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), default='3', show_default=True,
+              help="DiT mode: latent channels guided (DiT's forward_with_cfg guides 3 of 4)")
+@click.option('--overwrite', help='DiT mode: replace existing images', is_flag=True)
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, dit,
+         dit_vae, dit_embedding, dit_mapping, dit_guide_channels, overwrite, **opts):
     """Generate images using the given model(s)."""
-    del seed
     given = _options_given(click.get_current_context())
 
     def work():
+        if dit:
+            if sdxl:
+                raise UserError('--dit and --sdxl are two models: give one')
+            if outdir is None:
+                raise UserError('--dit needs --outdir')
+            from edmguide.seeds import parse_seed_list
+            if figs:
+                _refuse_unused(given, DIT_FIGURE_OPTIONS, '--dit --figs renders the Table 1 comparison grid')
+            elif numerics == 'dit':
+                _refuse_unused(given, DIT_SAMPLE_PY_OPTIONS, "--numerics=dit samples DiT's sample.py batch (--seed, "
+                                                             'the --class list)')
+            else:
+                _refuse_unused(given, DIT_OPTIONS, '--dit samples per seed (--numerics=dit for sample.py)')
+                if numerics is not None:
+                    raise UserError(f'--numerics={numerics} is an EDM2 sampler; with --dit give dit or nothing')
+            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+            if guidance_interval is not None and interval is None:  # "None": every step (CFG)
+                sigma_range = (0.0, float('inf'))
+            dit_options = {name: value for name, value in (('dit_vae', dit_vae), ('dit_embedding', dit_embedding),
+                                                           ('dit_mapping', dit_mapping),
+                                                           ('dit_guide_channels', dit_guide_channels))
+                           if value is not None}
+            return generate_dit(dit, outdir, seeds=parse_seed_list(seeds), class_idx=opts['class_idx'],
+                                guidance=opts['guidance'], guidance_interval=interval, guidance_sigma=sigma_range,
+                                numerics=numerics, seed=seed, figs=figs, max_batch_size=opts['max_batch_size'],
+                                subdirs=opts['subdirs'], overwrite=overwrite, device=device, **dit_options)
+        misplaced = [given[name] for name in DIT_ONLY_OPTIONS if name in given]
+        if misplaced or numerics == 'dit':
+            raise UserError(f'{", ".join(misplaced) or "--numerics=dit"} only apply with --dit')
+        if isinstance(opts['class_idx'], tuple):
+            raise UserError('--class takes one class here; class lists only apply with --dit')
         if sdxl:
             if not prompt:
                 raise UserError('--sdxl needs --prompt')

@@ -5,6 +5,8 @@ limited to a guidance interval. Resumable; distributable with torchrun.
 Command lines of upstream guidance-interval work unchanged, e.g.
     python generate_zip.py --cond_pkl=NET.pkl --uncond_pkl=GUIDE.pkl --guidance_scale=2.0 \\
         --guidance_interval="[17, 22]"
+DiT-XL/2 with DiT's own 250-step sampler (default: the paper's FID setting, w = 2.5 on (0.34, 1.02]):
+    python generate_zip.py --dit=DiT-XL-2-512x512.pt --num_images=50000
 """
 
 from edmguide import threads
@@ -75,8 +77,15 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     return dict(stats, path=zip_path)
 
 
+DIT_OPTIONS = ('dit', 'dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels', 'zip_dir', 'num_images',
+               'batch_size', 'guidance_scale', 'guidance_interval', 'guidance_sigma', 'seed', 'device', 'overwrite',
+               'verbose', 'threads')
+DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels')
+
+
 @click.command(cls=cli.Command, epilog=cli.PICKLE_NOTE)
-@click.option('--cond_pkl', '--net', 'cond_pkl', help='Main network pickle or .safetensors (path or URL)', metavar='PKL', required=True)
+@click.option('--cond_pkl', '--net', 'cond_pkl', help='Main network pickle or .safetensors (path or URL); required '
+              'unless --dit', metavar='PKL')
 @click.option('--uncond_pkl', '--gnet', 'uncond_pkl', help='Guiding network pickle or .safetensors: unconditional (CFG) or weaker (autoguidance)', metavar='PKL')
 @click.option('--zip_dir', help='Output directory', metavar='DIR', default='./results', show_default=True)
 @click.option('--num_images', help='Number of images', type=click.IntRange(min=1), default=50000, show_default=True)
@@ -89,14 +98,48 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 @click.option('--numerics', type=click.Choice(['gi', 'edm2']), default='gi', show_default=True, help=cli.NUMERICS_HELP)
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
 @click.option('--overwrite', help='Replace a finished zip (or discard a work folder) made with other settings', is_flag=True)
+@click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler, a random "
+              "class per seed; default guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL')
+@click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
+@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), help="DiT mode: timestep embedding  [default: dit]")
+@click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]")
+@click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]')
 @cli.verbose_option('Per-batch timing')
 @threads.threads_option
 @cli.sampler_options
-def main(guidance_interval, guidance_sigma, **kwargs):
+def main(guidance_interval, guidance_sigma, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, **kwargs):
     """Generate a zip of images with guidance limited to an interval (or CFG / autoguidance)."""
-    interval_given = click.get_current_context().get_parameter_source('guidance_interval').name != 'DEFAULT'
+    ctx = click.get_current_context()
+    interval_given = ctx.get_parameter_source('guidance_interval').name != 'DEFAULT'
+    given = {p.name: p.opts[0] for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
 
     def work():
+        if dit:
+            unused = [spelling for name, spelling in given.items() if name not in DIT_OPTIONS]
+            if unused:
+                raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
+            from edmguide.models import dit as ditlib, dit_generation
+            from edmguide.generation import pick_device
+            from torch_utils import distributed as dist
+            interval, sigma_range = cli.parse_guidance_options(guidance_interval if interval_given else None,
+                                                               guidance_sigma)
+            if interval_given and interval is None:  # "None": every step, as upstream (CFG)
+                sigma_range = (0.0, float('inf'))
+            options = dict(mapping=dit_mapping, guide_channels=dit_guide_channels, embedding=dit_embedding,
+                           vae=dit_vae)
+            dist.init()
+            return dit_generation.generate_dit_zip(
+                dit, kwargs['zip_dir'], num_images=kwargs['num_images'], seed=kwargs['seed'],
+                batch_size=kwargs['batch_size'], interval=interval, sigma_range=sigma_range,
+                guidance=kwargs['guidance_scale'] if 'guidance_scale' in given else ditlib.DEFAULT_GUIDANCE,
+                device=pick_device(kwargs['device']), verbose=kwargs['verbose'], overwrite=kwargs['overwrite'],
+                **{k: v for k, v in options.items() if v is not None})
+        misplaced = [given[name] for name in DIT_ONLY_OPTIONS if name in given]
+        if misplaced:
+            raise UserError(f'{", ".join(misplaced)} only apply with --dit')
+        if kwargs['cond_pkl'] is None:
+            raise click.UsageError("Missing option '--cond_pkl' / '--net'.")
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
         from torch_utils import distributed as dist

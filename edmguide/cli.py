@@ -32,6 +32,20 @@ def parse_guidance_options(interval_text, sigma_text):
     return interval, sigma_range
 
 
+class ClassList(click.ParamType):
+    """--class: one non-negative class index (an int), or a comma-separated list of them (a tuple;
+    DiT mode takes lists: one class per seed, or sample.py's class list)."""
+    name = 'INT[,INT...]'
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, tuple)):
+            return value
+        items = [item.strip() for item in str(value).split(',')]
+        if not items or not all(item.isdigit() for item in items):
+            self.fail(f'{value!r} is not a class index (an integer >= 0) or a comma-separated list of them', param, ctx)
+        return int(items[0]) if len(items) == 1 else tuple(int(item) for item in items)
+
+
 def verbose_option(help_text):
     """--verbose as a bare flag or with a value: upstream GI declares it `type=bool`, so its command
     lines write `--verbose=True` or `--verbose True`; `--verbose` alone means True."""

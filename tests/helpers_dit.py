@@ -58,7 +58,7 @@ def fake_dit_net_module(calls=None, input_size=4):
     def load_dit(path_or_id, *, embedding='dit', device=None, dtype=None):
         if calls is not None:
             calls.append(('load_dit', path_or_id, embedding))
-        return TinyDiT(input_size=input_size)
+        return TinyDiT(input_size=input_size, per_row=True)
 
     def load_dit_vae(name_or_folder):
         if calls is not None:

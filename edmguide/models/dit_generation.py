@@ -1,0 +1,238 @@
+"""DiT images for the scripts: loading by name, per-seed PNGs, DiT sample.py batches, the comparison
+grid and 50k zips, all on DiT's own sampler (`edmguide.models.dit`).
+
+Per-seed work goes through the one generation iterator (`edmguide.generation`) with DiT's sampler
+plugged in, so the per-seed generators, batching, decoding, finiteness check and the resumable
+zips (`edmguide.zipdump`) are the EDM2 ones. The networks come from `edmguide.models.dit_net`
+(`load_dit`, `load_dit_vae`), imported by name when a DiT is first loaded.
+"""
+
+import importlib
+import os
+
+import torch
+
+from edmguide import images as imagelib
+from edmguide.errors import UserError
+from edmguide.models import dit
+from edmguide.outputs import check_output_dir
+from edmguide.progress import progress_bar
+
+DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'  # DiT's sample_ddp.py (its FID runs); sample.py defaults to -mse
+EMBEDDINGS = ('dit', 'diffusers')
+GUIDE_CHANNELS = ('3', 'all')
+COMPARISON_CLASSES = (88, 207, 360, 387)  # macaw, golden retriever, otter, lesser panda: the grid's default columns
+COMPARISON_ROWS = (  # (label, weight, sigma range): Table 1's DiT settings
+    ('CFG (w = 1.5, all 250 steps)', dit.CFG_GUIDANCE, (0.0, float('inf'))),
+    ('interval (0.34, 1.02] (w = 2.5)', dit.DEFAULT_GUIDANCE, dit.DEFAULT_SIGMA_RANGE),
+    ('interval (0.45, 1.23] (w = 4.0)', dit.FD_GUIDANCE, dit.FD_SIGMA_RANGE),
+)
+
+#----------------------------------------------------------------------------
+# Options and loading.
+
+def check_options(mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit'):
+    """One `error:` line for a DiT option value outside its choices. Returns guide_channels as the
+    sampler takes it (3 or 'all')."""
+    if mapping not in dit.MAPPINGS:
+        raise UserError(f'--dit_mapping={mapping!r}: choose one of {", ".join(dit.MAPPINGS)}')
+    if embedding not in EMBEDDINGS:
+        raise UserError(f'--dit_embedding={embedding!r}: choose one of {", ".join(EMBEDDINGS)}')
+    if str(guide_channels) not in GUIDE_CHANNELS:
+        raise UserError(f'--dit_guide_channels={guide_channels!r}: choose one of {", ".join(GUIDE_CHANNELS)}')
+    return 'all' if str(guide_channels) == 'all' else 3
+
+
+def load_dit_models(model, *, vae=DEFAULT_VAE, embedding='dit', device=None):
+    """(net, decoder) for the generation iterator: the DiT network and its VAE from `dit_net`."""
+    try:
+        dit_net = importlib.import_module('edmguide.models.dit_net')
+    except ModuleNotFoundError as exc:
+        if exc.name != 'edmguide.models.dit_net':
+            raise
+        raise UserError('DiT networks are loaded by edmguide.models.dit_net, which this installation lacks') from None
+    net = dit_net.load_dit(model, embedding=embedding, device=device)
+    decoder = dit_net.load_dit_vae(vae)
+    if int(getattr(net, 'num_classes', dit.NUM_CLASSES)) != dit.NUM_CLASSES:
+        raise UserError(f'{model}: a DiT with {net.num_classes} classes; DiT-XL/2 and this sampler use ImageNet\'s 1000')
+    return dit.GenerationNet(net), dit.GenerationDecoder(decoder)
+
+
+def describe(schedule, mapping=dit.DEFAULT_MAPPING):
+    """'w = 2.5 on steps [124, 198] (75 of 250 steps; sigma (0.34, 1.02] under the paper mapping)'."""
+    steps = dit.guided_steps(schedule, mapping)
+    if not steps:
+        return 'no guidance (250 conditional evaluations per image)'
+    weights = sorted({w for w in dit.step_weights(schedule, mapping) if w != 1})
+    w = ', '.join(f'{v:g}' for v in weights)
+    if len(steps) == dit.NUM_STEPS:
+        return f'w = {w} on all {dit.NUM_STEPS} steps (CFG)'
+    return (f'w = {w} on steps [{steps[0]}, {steps[-1]}] ({len(steps)} of {dit.NUM_STEPS}; {schedule} '
+            f'under the {mapping!r} sigma mapping)')
+
+
+def evaluations_line(schedule, mapping=dit.DEFAULT_MAPPING):
+    guided = len(dit.guided_steps(schedule, mapping))
+    return (f'evaluations per image: {dit.NUM_STEPS} conditional + {guided} unconditional '
+            f'= {dit.NUM_STEPS + guided}')
+
+
+def _check_free(paths, overwrite):
+    """Refuse to replace existing images unless `overwrite` (before anything is loaded)."""
+    existing = [p for p in paths if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise UserError(f'{len(existing)} of the {len(paths)} images exist already (first: {existing[0]}); '
+                        f'give --overwrite to replace them, or choose another --outdir')
+
+#----------------------------------------------------------------------------
+# Per-seed PNGs.
+
+def generate_dit_images(model, outdir, *, seeds, class_idx=None, guidance=dit.DEFAULT_GUIDANCE, interval=None,
+                        sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit',
+                        vae=DEFAULT_VAE, max_batch_size=32, subdirs=False, overwrite=False, device='cpu'):
+    """One `<seed:06d>.png` per seed; each image depends only on its seed, class and the settings.
+    `class_idx`: None (a class per seed drawn from its generator), one class, or one per seed."""
+    from edmguide import seeds as seedlib
+    from edmguide.generation import generate_batches
+    from torch_utils import distributed as dist
+    guide_channels = check_options(mapping, guide_channels, embedding)
+    if class_idx is not None:
+        classes = dit.check_classes(class_idx)
+        if not isinstance(class_idx, int) and len(classes) not in (1, len(seeds)):
+            raise UserError(f'{len(classes)} classes for {len(seeds)} seeds: give one class, or one per seed')
+        class_idx = classes[0] if len(classes) == 1 else classes
+    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    check_output_dir(outdir, '--outdir')
+    paths = [imagelib.seed_image_path(outdir, s, subdirs) for s in seeds]
+    _check_free(paths, overwrite)
+    net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with DiT\'s 250-step sampler: '
+                f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}')
+    world_size = dist.get_world_size()
+    step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
+                                           for r in range(world_size)])
+    written = []
+    bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
+    for batch in generate_batches(net, decoder, seeds, guidance=schedule, class_idx=class_idx,
+                                  max_batch_size=max_batch_size, device=device, mode='edm2',
+                                  sampler=dit.generation_sampler, mapping=mapping, guide_channels=guide_channels):
+        for seed, image in zip(batch.seeds, batch.images.cpu()):
+            path = imagelib.seed_image_path(outdir, seed, subdirs)
+            imagelib.save_png(path, image)
+            written.append(path)
+        bar.update(step_images[batch.batch_idx])
+    bar.close()
+    dist.print0('Done.')
+    return written
+
+#----------------------------------------------------------------------------
+# DiT sample.py's numerics.
+
+def reference_image_path(outdir, seed, k, class_idx):
+    return os.path.join(outdir, f'sample-s{seed}-{k:03d}-class{class_idx:03d}.png')
+
+
+def generate_dit_reference_images(model, outdir, *, classes, seed=0, guidance=dit.DEFAULT_GUIDANCE, interval=None,
+                                  sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3',
+                                  embedding='dit', vae=DEFAULT_VAE, overwrite=False, device='cpu'):
+    """DiT sample.py for `seed` and the class list (one batch, one global-style generator):
+    `sample-s<seed>-<k>-class<c>.png` per class. Returns the written paths."""
+    guide_channels = check_options(mapping, guide_channels, embedding)
+    classes = dit.check_classes(classes)
+    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    check_output_dir(outdir, '--outdir')
+    paths = [reference_image_path(outdir, seed, k, c) for k, c in enumerate(classes)]
+    _check_free(paths, overwrite)
+    net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
+    print(f'Generating {len(classes)} images to "{outdir}" as DiT\'s sample.py does (seed {seed}): '
+          f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}', flush=True)
+    bar = progress_bar(total=dit.NUM_STEPS, unit='step', desc='Sampling', leave=False)
+    with torch.no_grad():
+        latents = dit.sample_dit_reference(net.net, classes, seed, schedule, device=device, mapping=mapping,
+                                           guide_channels=guide_channels, progress=lambda info: bar.update(1))
+        bar.close()
+        if not bool(torch.isfinite(latents).all()):
+            raise UserError('the sampler produced non-finite latents; nothing was written')
+        images = decoder.decode(latents).cpu()
+    for path, image in zip(paths, images):
+        imagelib.save_png(path, image)
+    print('Done.')
+    return paths
+
+#----------------------------------------------------------------------------
+# The comparison grid: CFG at every step vs the paper's intervals.
+
+def render_dit_comparison(model, outdir, *, classes, seeds, mapping=dit.DEFAULT_MAPPING, guide_channels='3',
+                          embedding='dit', vae=DEFAULT_VAE, overwrite=False, device='cpu', scale=1):
+    """`<outdir>/dit-comparison.png`: one row per Table 1 setting (CFG w = 1.5 at every step, the FID
+    interval, the FD_DINOv2 interval), one column per (class, seed), the same noise in every row. The
+    rows are sampled together (`sample_dit_tree`): the two interval rows share their unguided first
+    steps. Returns the path."""
+    from edmguide.figures import layout_comparison
+    from edmguide.generation import generate_setting_batches
+    guide_channels = check_options(mapping, guide_channels, embedding)
+    classes = dit.check_classes(classes)
+    rows = [(label, dit.dit_guidance(w, sigma_range=rng, mapping=mapping)) for label, w, rng in COMPARISON_ROWS]
+    check_output_dir(outdir, '--outdir')
+    path = os.path.join(outdir, 'dit-comparison.png')
+    _check_free([path], overwrite)
+    net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
+    column_seeds = [s for _ in classes for s in seeds]
+    column_classes = [c for c in classes for _ in seeds]
+    tiles = [[] for _ in rows]
+    print(f'Sampling {len(rows)} rows x {len(column_seeds)} images (sigma mapping {mapping!r})...', flush=True)
+    for batch in generate_setting_batches(net, decoder, column_seeds, [(None, g) for _, g in rows],
+                                          class_idx=column_classes, max_batch_size=len(column_seeds), device=device,
+                                          rank=0, world_size=1, mode='edm2', sync=False,
+                                          sampler=dit.generation_sampler, mapping=mapping,
+                                          guide_channels=guide_channels):
+        for row, images in zip(tiles, batch.images):
+            row += [imagelib.to_hwc_uint8(img) for img in images]
+    labels = [f'{label}: {len(dit.guided_steps(g, mapping))} guided steps' for label, g in rows]
+    grid = layout_comparison(tiles, labels, scale=scale, column_headers=([f'class {c}' for c in classes],
+                                                                          [f'seed {s}' for s in column_seeds]),
+                             group_size=len(seeds))
+    imagelib.save_png(path, grid)
+    print(f'Wrote {path}')
+    for k, label in enumerate(labels):
+        print(f'  row {k + 1}: {label}')
+    return path
+
+#----------------------------------------------------------------------------
+# Zips (the 50k FID sets).
+
+def generate_dit_zip(model, zip_dir='./results', *, num_images=50000, seed=0, batch_size=64,
+                     guidance=dit.DEFAULT_GUIDANCE, interval=None, sigma_range=None, mapping=dit.DEFAULT_MAPPING,
+                     guide_channels='3', embedding='dit', vae=DEFAULT_VAE, device='cpu', verbose=False, progress=True,
+                     overwrite=False):
+    """`<zip_dir>/<model>-s<seed>-nimg<N>-g<G>-<cfg|gi|gi-model>.zip` of seeds seed..seed+N-1, a random
+    class per seed (drawn from the seed, as DiT's sample_ddp.py draws random classes), with the
+    guarantees of `zipdump.dump_zip` (resumable, settings-checked, atomic). Returns its statistics."""
+    from edmguide.zipdump import dump_zip, zip_file_name
+    from torch_utils import distributed as dist
+    guide_channels = check_options(mapping, guide_channels, embedding)
+    if num_images < 1:
+        raise UserError('--num_images must be at least 1')
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise UserError(f'--seed={seed}: seeds are non-negative integers')
+    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    check_output_dir(zip_dir, '--zip_dir')
+    every_step = len(dit.guided_steps(schedule, mapping)) in (0, dit.NUM_STEPS)
+    method = 'cfg' if every_step else ('gi' if mapping == dit.DEFAULT_MAPPING else f'gi-{mapping}')
+    stem = str(model)[:-3] if str(model).endswith('.pt') else str(model)
+    zip_path = os.path.join(zip_dir, zip_file_name(stem, seed, num_images, 1.0 if guidance is None else guidance,
+                                                   method))
+    settings = dict(dit=str(model), dit_vae=str(vae), dit_embedding=embedding, dit_mapping=mapping,
+                    dit_guide_channels=str(guide_channels), guidance=schedule.as_data(),
+                    guided_steps=dit.guided_steps(schedule, mapping), sampler='dit-ddpm-250', numerics='per-seed')
+    net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
+    dist.print0(f'Generating {num_images} images to "{zip_path}" with DiT\'s 250-step sampler: '
+                f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}')
+    stats = dump_zip(net, decoder, zip_path, range(seed, seed + num_images), settings=settings, guidance=schedule,
+                     batch_size=batch_size, device=device, mode='edm2', verbose=verbose, progress=progress,
+                     overwrite=overwrite, sampler=dit.generation_sampler, mapping=mapping,
+                     guide_channels=guide_channels)
+    dist.print0('Done.')
+    return dict(stats, path=zip_path)
+
+#----------------------------------------------------------------------------
