@@ -44,6 +44,7 @@ import torch
 
 from edmguide.errors import UserError
 from edmguide.guidance import GuidanceSchedule
+from edmguide.sampling import EvalCounter  # per image: `net` conditional (main), `gnet` unconditional (guide)
 
 NUM_TRAIN_STEPS = 1000
 NUM_STEPS = 250
@@ -262,14 +263,6 @@ class DiTStream:
 
 #----------------------------------------------------------------------------
 # The sampler.
-
-@dataclasses.dataclass
-class EvalCounter:
-    """Network evaluations per image, as `edmguide.sampling.EvalCounter`: `net` conditional
-    (main), `gnet` unconditional (guide)."""
-    net: int = 0
-    gnet: int = 0
-
 
 def _gather(array, i, device):
     """Coefficient i of a float64 array as a float32 0-d tensor (DiT gathers float64, casts to float32)."""
