@@ -27,7 +27,7 @@ import click  # noqa: E402
 
 from edmguide import cli  # noqa: E402
 from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options  # noqa: E402
-from edmguide.errors import run_cli  # noqa: E402
+from edmguide.errors import UserError, run_cli  # noqa: E402
 
 SUBCOMMANDS = ('calc', 'gen', 'ref', 'sweep')
 SWEEP_EPILOG = ('Writes sweep.jsonl, sweep.md and PNG plots to --outdir; rerunning the same command resumes '
@@ -53,6 +53,9 @@ def _init_distributed():
     dist.init()
 
 metrics_help = 'Comma-separated metrics  [default: fid,fd_dinov2, those the reference has]'
+DIT_GEN_OPTIONS = ('dit', 'dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels', 'guidance', 'guidance_interval',
+                   'guidance_sigma', 'ref_path', 'metrics', 'num_images', 'seed', 'max_batch_size', 'class_idx', 'device',
+                   'threads')
 device_option = click.option('--device', help='Torch device  [default: cuda if present, else cpu]', type=str, default=None)
 
 #----------------------------------------------------------------------------
@@ -134,7 +137,7 @@ def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num
 def generation_options(func):
     """The options `gen` and `sweep` share (the networks, reference, seeds, sampler and device)."""
     options = [
-        click.option('--net', 'net_path', help='Main network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, required=True),
+        click.option('--net', 'net_path', help='Main network pickle or .safetensors  [required unless gen --dit]', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
         click.option('--gnet', 'gnet_path', help='Guiding network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
         click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True),
         click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None),
@@ -153,14 +156,42 @@ def generation_options(func):
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
 @click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"', type=str, default=None)
+@click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler; default "
+              "guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL', default=None)
+@click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
+@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), help='DiT mode: timestep embedding  [default: dit]')
+@click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]")
+@click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]')
 @generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
-        num_images, seed, device, **kwargs):
+        num_images, seed, device, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
     from edmguide.metrics import pipeline
+    ctx = click.get_current_context()
+    given = {p.name: p.opts[0] for p in ctx.command.params
+             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
+    dit_only = [given[name] for name in ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels') if name in given]
+    if not dit and net_path is None:
+        raise click.UsageError("Missing option '--net' (or --dit).")
     _init_distributed()
     def job():
         interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
+        if dit:
+            unused = [spelling for name, spelling in given.items() if name not in DIT_GEN_OPTIONS]
+            if unused:
+                raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
+            if guidance_interval is not None and interval is None:  # "None": every step (CFG)
+                sigma_range = (0.0, float('inf'))
+            from edmguide.models import dit as ditlib, dit_generation
+            options = dict(mapping=dit_mapping, guide_channels=dit_guide_channels, embedding=dit_embedding, vae=dit_vae)
+            return dit_generation.calc_metrics_for_dit(
+                dit, ref_path, parse_metrics_option(metrics),
+                guidance=ditlib.DEFAULT_GUIDANCE if guidance is None else guidance, interval=interval,
+                sigma_range=sigma_range, num_images=num_images, seed=seed, device=device,
+                max_batch_size=kwargs['max_batch_size'], class_idx=kwargs['class_idx'],
+                **{k: v for k, v in options.items() if v is not None})
+        if dit_only:
+            raise UserError(f'{", ".join(dit_only)} only apply with --dit')
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
             guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
@@ -176,6 +207,8 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
 @generation_options
 def sweep(**kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
+    if kwargs['net_path'] is None:
+        raise click.UsageError("Missing option '--net'.")
     from edmguide import sweep as sweep_lib
     from torch_utils import distributed as dist
     _init_distributed()

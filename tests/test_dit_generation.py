@@ -25,6 +25,10 @@ def loaders(monkeypatch):
     return calls
 
 
+def _files_under(folder):
+    return sorted(os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder) for name in names)
+
+
 def _pngs(folder):
     return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
 
@@ -166,3 +170,26 @@ def test_evaluations_per_image_are_counted_per_batch(loaders):
                                                sampler=dit.generation_sampler))
     assert [(b.counter.net, b.counter.gnet) for b in batches] == [(250, 75), (250, 75)]
     assert all(b.images.dtype == torch.uint8 and b.images.shape[1:] == (3, 32, 32) for b in batches)
+
+
+def test_metrics_gen_equals_calc_on_the_written_pngs(loaders, cache, tmp_path):
+    import calculate_metrics
+    import helpers_metrics as hm
+    dest = tmp_path / 'ref.pkl'
+    assert invoke(calculate_metrics.edm2_cli, ['ref', '--data', hm.write_image_dir(tmp_path / 'other', hm.random_images(8)),
+                                               '--dest', str(dest), '--workers', '0']).exit_code == 0
+    result = invoke(generate_images.main, ['--dit', 'm.pt', '--seeds', '3-6', '--outdir', tmp_path / 'gen'])
+    assert result.exit_code == 0, result.output
+    calc = invoke(calculate_metrics.edm2_cli, ['calc', '--images', tmp_path / 'gen', '--ref', str(dest), '--num', '4',
+                                               '--workers', '0'])
+    assert calc.exit_code == 0, calc.output
+    before = _files_under(tmp_path)
+    gen = invoke(calculate_metrics.edm2_cli, ['gen', '--dit', 'm.pt', '--ref', str(dest), '--num', '4', '--seed', '3',
+                                              '--batch', '3'])
+    assert gen.exit_code == 0, gen.output
+    assert gen.stdout == calc.stdout and gen.stdout.startswith('fid = ')
+    assert _files_under(tmp_path) == before  # no images written
+    refused = invoke(calculate_metrics.edm2_cli, ['gen', '--dit', 'm.pt', '--ref', str(dest), '--steps', '8'])
+    assert_one_line_error(refused, '--steps would be ignored')
+    refused = invoke(calculate_metrics.edm2_cli, ['gen', '--net', 'x.pkl', '--ref', str(dest), '--dit_mapping', 'model'])
+    assert_one_line_error(refused, '--dit_mapping only apply with --dit')

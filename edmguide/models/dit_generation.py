@@ -9,6 +9,7 @@ zips (`edmguide.zipdump`) are the EDM2 ones. The networks come from `edmguide.mo
 
 import importlib
 import os
+import sys
 
 import torch
 
@@ -197,6 +198,41 @@ def render_dit_comparison(model, outdir, *, classes, seeds, mapping=dit.DEFAULT_
     for k, label in enumerate(labels):
         print(f'  row {k + 1}: {label}')
     return path
+
+#----------------------------------------------------------------------------
+# Metrics on the fly (calculate_metrics.py gen --dit).
+
+def calc_metrics_for_dit(model, ref_path, metrics=None, *, guidance=dit.DEFAULT_GUIDANCE, interval=None,
+                         sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit',
+                         vae=DEFAULT_VAE, num_images=50000, seed=0, max_batch_size=32, class_idx=None, device=None,
+                         progress=True):
+    """Metrics of DiT's samples of seeds seed..seed+N-1, measured as they come (nothing is written);
+    the images are those `generate_dit_images` writes for the same seeds and settings."""
+    from edmguide import generation, seeds as seedlib
+    from edmguide.metrics import pipeline, stats as stats_lib
+    from torch_utils import distributed as dist
+    guide_channels = check_options(mapping, guide_channels, embedding)
+    if class_idx is not None:
+        class_idx = dit.check_classes(class_idx)[0]
+    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    device = generation.pick_device(device, note=False)
+    ref = stats_lib.load_reference(ref_path)  # before the networks: a bad reference fails at once
+    metrics = pipeline.resolve_metrics(metrics, ref, ref_path)
+    pipeline.reference_dims(ref, metrics, ref_path)
+    dets = pipeline.build_detectors(metrics)
+    net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
+    # stderr: a metric command's stdout holds only its results
+    dist.print0(f'DiT: {describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}', file=sys.stderr)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    batches = generation.generate_batches(net, decoder, range(seed, seed + num_images), guidance=schedule,
+                                          class_idx=class_idx, max_batch_size=max_batch_size, device=device,
+                                          rank=rank, world_size=world_size, mode='edm2',
+                                          sampler=dit.generation_sampler, mapping=mapping,
+                                          guide_channels=guide_channels)
+    step_images = seedlib.images_per_step([[c for c in seedlib.rank_batches(num_images, max_batch_size, world_size, r)
+                                            if len(c)] for r in range(world_size)])
+    return pipeline.calc_metrics_for_generator(batches, num_images, ref_path, metrics, ref=ref, device=device,
+                                               dets=dets, progress=progress, step_images=step_images)
 
 #----------------------------------------------------------------------------
 # Zips (the 50k FID sets).
