@@ -286,46 +286,44 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
         for row, saved in zip(accs, state['accumulators']):
             for acc, acc_state in zip(row, saved):
                 acc.load_state_dict(acc_state)
-    all_batches = seedlib.rank_batches(num_images, max_batch_size, world_size, rank)
-    per_batch = [len(seedlib.rank_batches(num_images, max_batch_size, world_size, r)[0]) for r in range(world_size)]
-    images_done = min(num_images, done * sum(per_batch))
+    all_batches = pipeline.metric_chunks(num_images, max_batch_size)
+    step_images = pipeline.metric_step_images(num_images, max_batch_size)
+    images_done = sum(step_images[i] for i in range(min(done, len(all_batches))))
     saving = 1 - (made.net + made.gnet) / (separate.net + separate.gnet)
     bar = progress_bar(total=len(settings) * num_images, initial=len(settings) * images_done, unit='img',
                        desc=f'Sweep ({len(settings)} settings)', leave=False, dynamic_ncols=True,
                        disable=(True if not progress or rank != 0 else None))
-    # Images finished across all ranks at each remaining batch step (the last steps may be padded).
-    step_images = seedlib.images_per_step([seedlib.rank_batches(num_images, max_batch_size, world_size, r)[done:]
-                                           for r in range(world_size)])
     bar.set_postfix_str(f'{made.net + made.gnet} of {separate.net + separate.gnet} evals/img, {saving:.0%} saved')
+    # Every rank feeds every rank's features in seed order (pipeline.feed_step), so all ranks hold
+    # the same accumulators, equal to a single process's; the generator's own barrier is not needed.
+    flat = {(i, j): acc for i, row in enumerate(accs) for j, acc in enumerate(row)}
+    batches = generate_setting_batches(net, encoder, range(seed, seed + num_images), branches,
+                                       class_idx=class_idx, device=device, mode=mode, sync=False,
+                                       batches=all_batches[done:], **sampler_kwargs)
     batch_idx = done
     with bar, torch.no_grad():
-        try:
-            for batch in generate_setting_batches(net, encoder, range(seed, seed + num_images), branches,
-                                                  class_idx=class_idx, max_batch_size=max_batch_size,
-                                                  device=device, rank=rank, world_size=world_size, mode=mode,
-                                                  batches=all_batches[done:], **sampler_kwargs):
-                for row, images in zip(accs, batch.images):
-                    images = pipeline.to_rgb(images, 'generated images')
-                    for acc, name in zip(row, metrics):
-                        features = dets[name](images).reshape(images.shape[0], -1)
-                        if features.shape[1] != dims[name]:
-                            raise UserError(f'the {name} detector gives {features.shape[1]} features, '
-                                            f'but the reference has {dims[name]}')
-                        acc.update(features)
-                batch_idx = done + batch.batch_idx + 1
-                bar.update(len(settings) * step_images[batch.batch_idx])
-                if batch_idx % checkpoint_every == 0:
-                    _save(checkpoints, batch_idx, accs)
-        except UserError as exc:
-            failure = str(exc)
-    pipeline.raise_on_every_rank(failure, device)
+        while batch_idx < len(all_batches):
+            features = {}
+            try:
+                batch = next(batches, None)
+                if batch is not None:
+                    for i, images in enumerate(batch.images):
+                        for j, feats in enumerate(pipeline.measure_features(images, metrics, dets, dims,
+                                                                            'generated images').values()):
+                            features[(i, j)] = feats
+            except UserError as exc:
+                failure = str(exc)
+            pipeline.feed_step(flat, features, device, failure)
+            bar.update(len(settings) * step_images[batch_idx])
+            batch_idx += 1
+            if batch_idx % checkpoint_every == 0:
+                _save(checkpoints, batch_idx, accs)
     if batch_idx != done or state is None:
         _save(checkpoints, len(all_batches), accs)
     for record_, row in zip(records, accs):
         for acc, name in zip(row, metrics):
-            num = acc.all_reduce(dims[name], device).num
-            if num != num_images:
-                raise UserError(f'generated {num} images, expected {num_images}')
+            if acc.num != num_images:
+                raise UserError(f'generated {acc.num} images, expected {num_images}')
             values = pipeline.metric_results(name, acc, ref, metrics, ref_path, device)
             record_.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})  # null, never NaN
         record_['num_images'] = num_images

@@ -123,7 +123,7 @@ def test_interrupted_sweep_resumes_to_the_same_result_and_other_settings_are_ref
     calls = []
     monkeypatch.setattr(sweep, 'generate_setting_batches', lambda *a, **k: calls.append(k['batches']) or original(*a, **k))
     assert run_sweep_cli(tmp_path / 'cut', *args).exit_code == 0
-    assert [len(b) for b in calls[0]] == [3]  # only the second batch (6 seeds in 2 batches of 3) was left
+    assert [len(b) for b in calls[0]] == [2]  # only the second chunk (6 seeds in fixed chunks of 4 and 2) was left
     assert read_jsonl(tmp_path / 'cut' / 'sweep.jsonl') == read_jsonl(tmp_path / 'whole' / 'sweep.jsonl')
     refused = run_sweep_cli(tmp_path / 'cut', '--guidance', '3', '--interval', '[1, 3]')
     assert refused.exit_code == 1 and refused.stderr.count('\n') == 1
@@ -132,11 +132,11 @@ def test_interrupted_sweep_resumes_to_the_same_result_and_other_settings_are_ref
 #----------------------------------------------------------------------------
 # torchrun (two gloo processes).
 
-def _rank_worker(rank, world_size, port, outdir):
+def _rank_worker(rank, world_size, port, outdir, threads=1):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     from torch_utils import distributed as dist
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     if torch.cuda.is_available():
         torch.distributed.init_process_group(backend='gloo', init_method='env://')
     dist.init()
@@ -145,12 +145,17 @@ def _rank_worker(rank, world_size, port, outdir):
     torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_give_the_single_process_result(tmp_path):
+@pytest.mark.parametrize('threads', [1, 3])
+def test_two_ranks_give_the_single_process_result(tmp_path, threads):
+    # Equal, not close: every rank computes the same fixed chunks of seeds (same images), and the
+    # statistics are fed image by image in seed order on every rank (pipeline.gather_step), so
+    # neither the number of processes nor their thread count (3 reorders BLAS sums as another CPU
+    # would; this process runs 1) can change a bit of the result.
     from test_distributed import _free_port
-    torch.multiprocessing.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path / 'two')), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path / 'two'), threads), nprocs=2, join=True)
     sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], str(tmp_path / 'one'), gnet_path=FILES.uncond,
                         num_images=6, max_batch_size=2, device='cpu', progress=False, num_steps=6)
     two, one = read_jsonl(tmp_path / 'two' / 'sweep.jsonl'), read_jsonl(tmp_path / 'one' / 'sweep.jsonl')
     assert sorted(os.listdir(tmp_path / 'two')).count('checkpoint-rank1.pkl') == 1
     assert len(two) == len(one) == 1 and two[0]['num_images'] == 6
-    assert two[0]['fd_digits'] == pytest.approx(one[0]['fd_digits'], rel=1e-9)
+    assert two[0]['fd_digits'] == one[0]['fd_digits']

@@ -8,8 +8,8 @@ Every registered metric (see `detectors.register_metric(..., kind=...)`) has one
 | 'pr' | `precision_recall.PRFeatures` (float16 features) | {'features': float16 [N, D]} | {'precision': p, 'recall': r} |
 
 The pipeline never branches on the kind: it asks `get_kind(metric)` for these pieces. An
-accumulator has `update(features)`, `all_reduce(dim, device)`, `state_dict()`, `load_state_dict()`
-and `reference_entry()`; `results(name, acc, entry, device=...)` returns a dict of named floats.
+accumulator has `update(features)` (rows in seed order, see `pipeline.gather_step`), `state_dict()`,
+`load_state_dict()` and `reference_entry()`; `results(name, acc, entry, device=...)` returns a dict of named floats.
 """
 
 import numpy as np
