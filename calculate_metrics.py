@@ -155,15 +155,15 @@ def generation_options(func):
 @click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"', type=str, default=None)
 @generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
-        num_images, seed, device, **kwargs):
+        num_images, seed, device, mode, sampler, **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
     from edmguide.metrics import pipeline
     _init_distributed()
     def job():
-        interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
+        interval = parse_guidance_options(guidance_interval, guidance_sigma)
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
-            guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
+            interval=interval, sampler=sampler.replace(mode=mode), num_images=num_images, seed=seed,
             device=device, **kwargs)
     print_results(run_cli(job))
 
@@ -174,12 +174,13 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
 @click.option('--outdir', help='Output folder (results, plots, checkpoints)', type=str, required=True)
 @click.option('--checkpoint_every', help='Checkpoint the statistics every N batches', type=click.IntRange(min=1), default=8, show_default=True)
 @generation_options
-def sweep(**kwargs):
+def sweep(mode, sampler, **kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
     from edmguide import sweep as sweep_lib
     from torch_utils import distributed as dist
     _init_distributed()
-    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')), **kwargs))
+    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')),
+                                                    sampler=sampler.replace(mode=mode), **kwargs))
     if dist.get_rank() == 0:
         print('\n'.join(lines))
 

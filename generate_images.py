@@ -24,32 +24,36 @@ from edmguide.errors import UserError, run_cli  # noqa: E402
 from edmguide.outputs import check_output_dir  # noqa: E402
 
 
-def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
+def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None, sampler=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
-                         subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
-    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+                         subdirs=False, device=None, verbose=False):
+    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths.
+
+    `guidance`: the weight; `interval`: a `guidance.Interval` (None: every step); `sampler`: the
+    `schedule.SamplerOptions` (None: the defaults, 'edm2' numerics)."""
     from edmguide import images as imagelib, loading, seeds as seedlib
-    from edmguide.generation import build_guidance, generate_batches, pick_device
+    from edmguide.generation import generate_batches, pick_device, resolve_guidance
     from edmguide.progress import progress_bar
-    from edmguide.sampling import check_sampler_kwargs
+    from edmguide.schedule import SamplerOptions
     from torch_utils import distributed as dist
-    check_sampler_kwargs(sampler_kwargs)
+    sampler = sampler or SamplerOptions()
+    sampler.check_guidance(guidance, interval, '--guidance')
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
     gnet = gnet if (guidance is not None and guidance != 1) else None
     net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
-    schedule = build_guidance(guidance, interval=guidance_interval, sigma_range=guidance_sigma, net=net, mode=numerics,
-                              device=device, **sampler_kwargs)
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
+    schedule = sampler.schedule(net, device=device)
+    weights = resolve_guidance(schedule, guidance, interval)
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({weights})...')
     written = []
     world_size = dist.get_world_size()
     step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
                                            for r in range(world_size)])
     bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
-    for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
-                                  max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
+    for batch in generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=weights, class_idx=class_idx,
+                                  max_batch_size=max_batch_size, device=device):
         for seed, image in zip(batch.seeds, batch.images.cpu()):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
@@ -85,7 +89,9 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
 def generate_demo(outdir, device=None, seeds=None, classes=None):
     """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
     from edmguide import figures, loading, presets
-    from edmguide.generation import build_guidance, pick_device
+    from edmguide.generation import pick_device
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
     seeds = list(presets.DEMO_SEEDS if seeds is None else seeds)
     classes = list(presets.DEMO_CLASSES if classes is None else classes)
     device = pick_device(device or 'cpu')
@@ -94,13 +100,14 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
     net, encoder = loading.load_network(files.cond, device)
     guides = dict(uncond=loading.load_network(files.uncond, device, want_encoder=False)[0],
                   bad=loading.load_network(files.bad, device, want_encoder=False)[0], none=None)
+    schedule = SamplerOptions().schedule(net, device=device)
     methods = [(presets.demo_label(label, guide, weight, interval), guides[guide],
-                build_guidance(weight, interval=interval, net=net, mode='edm2', device=device))
+                schedule.guidance(weight, Interval.of_steps(*interval) if interval else None))
                for label, guide, weight, interval in presets.DEMO_METHODS]
     path = os.path.join(outdir, 'demo-comparison.png')
     print(f'Sampling {len(methods)} methods x {len(classes) * len(seeds)} images on {device} '
           f'(about 15-30 s on one CPU core)...', flush=True)
-    figures.render_comparison(methods, net, encoder, classes, seeds, path, device=device)
+    figures.render_comparison(methods, net, encoder, classes, seeds, path, schedule)
     print(f'Wrote {path}: {len(methods)} rows (one per method, same seeds in every row), '
           f'{len(classes) * len(seeds)} columns (digit classes {" ".join(map(str, classes))}; '
           f'seeds {" ".join(map(str, seeds))} of each class)')
@@ -109,25 +116,25 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
     return path
 
 
-def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, guidance_interval=None,
-                  guidance_sigma=None, seeds=range(4), max_batch_size=4, device=None, verbose=False, **sampler_kwargs):
-    """SD-XL seed mode: `<seed:06d>.png` per seed; sampler options not given take the SD-XL defaults,
-    and without an interval option the guidance is the paper's (0.28, 5.42] (steps 10..25 of 32)."""
+def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, interval=None, sampler=None,
+                  seeds=range(4), max_batch_size=4, device=None, verbose=False):
+    """SD-XL seed mode: `<seed:06d>.png` per seed; `sampler` defaults to the SD-XL sampler
+    (`sdxl.default_options()`), and without an `interval` the guidance is the paper's (0.28, 5.42]
+    (steps 10..25 of 32)."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
-    from edmguide.sampling import check_sampler_kwargs
-    kwargs = dict(sdxl.DEFAULTS, **sampler_kwargs)
-    check_sampler_kwargs(kwargs)
+    sampler = sampler or sdxl.default_options()
+    weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
+    sampler.check_guidance(weight, interval, '--guidance')
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before the model is loaded
-    weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
-    schedule = sdxl.sdxl_guidance(weight, guidance_interval, guidance_sigma, device=device,
-                                  **{k: v for k, v in kwargs.items() if k in sdxl.DEFAULTS})
+    schedule = sampler.schedule(device=device)
+    weights = sdxl.sdxl_guidance(schedule, weight, interval)
     model = sdxl.load_sdxl(model, device)
-    print(f'Generating {len(seeds)} images to "{outdir}" ({schedule}; {kwargs["num_steps"]} Heun steps, '
-          f'sigma {kwargs["sigma_max"]:g} -> {kwargs["sigma_min"]:g}, rho {kwargs["rho"]:g})...', flush=True)
-    written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, negative_prompt=negative_prompt,
-                                        guidance=schedule, max_batch_size=max_batch_size, **kwargs)
+    print(f'Generating {len(seeds)} images to "{outdir}" ({weights}; {sampler.num_steps} Heun steps, '
+          f'sigma {sampler.sigma_max:g} -> {sampler.sigma_min:g}, rho {sampler.rho:g})...', flush=True)
+    written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, schedule, negative_prompt=negative_prompt,
+                                        guidance=weights, max_batch_size=max_batch_size)
     print('Done.')
     return written
 
@@ -203,7 +210,7 @@ def _refuse_unused(given, used, mode):
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, sampler, **opts):
     """Generate images using the given model(s)."""
     del seed
     given = _options_given(click.get_current_context())
@@ -224,13 +231,15 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
                 raise UserError('--prompt given more than once: only --figs takes several prompts')
-            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
-            from edmguide.sampling import OPTION_KEYS
-            sampler = {k: v for k, v in opts.items() if k in OPTION_KEYS and k in given}  # others: SD-XL defaults
+            from edmguide import sdxl as sdxl_lib
+            interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma)
+                        if guidance_interval is not None or guidance_sigma is not None else None)
+            fields = {k: getattr(sampler, k) for k in cli.SAMPLER_FIELDS if k in given}  # others: SD-XL defaults
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
-                                 guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
+                                 interval=interval, sampler=sdxl_lib.default_options(**fields),
+                                 seeds=parse_seed_list(seeds),
                                  max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4,
-                                 device=device, verbose=verbose, **sampler)
+                                 device=device, verbose=verbose)
         misplaced = [given[name] for name in SDXL_ONLY_OPTIONS if name in given]
         if misplaced:
             raise UserError(f'{", ".join(misplaced)} only apply with --sdxl')
@@ -245,7 +254,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         from edmguide import presets
         from edmguide.seeds import parse_seed_list
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(guidance_interval, guidance_sigma)
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
         if preset is not None:
             chosen = presets.get_preset(preset)
@@ -254,8 +263,9 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             for key in ('net', 'gnet', 'guidance'):
                 if settings[key] is None:
                     settings[key] = chosen[key]
-            if interval is None and sigma_range is None and chosen.get('guidance_interval'):
-                interval = tuple(chosen.guidance_interval)
+            if interval.kind == 'all' and chosen.get('guidance_interval'):
+                from edmguide.guidance import Interval
+                interval = Interval.of_steps(*chosen.guidance_interval)
         if settings['net'] is None:
             raise click.UsageError('Please specify either --preset or --net')
         if settings['guidance'] is not None and settings['guidance'] != 1 and settings['gnet'] is None:
@@ -264,8 +274,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             raise click.UsageError('Please specify --outdir')
         dist.init()
         return generate_seed_images(settings['net'], outdir, gnet=settings['gnet'], guidance=settings['guidance'],
-                                    guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
-                                    numerics=numerics or 'edm2', device=device, verbose=verbose, **opts)
+                                    interval=interval, sampler=sampler.replace(mode=numerics or 'edm2'),
+                                    seeds=parse_seed_list(seeds), device=device, verbose=verbose, **opts)
     run_cli(work)
 
 

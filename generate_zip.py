@@ -21,36 +21,32 @@ from edmguide.errors import UserError, run_cli  # noqa: E402
 RESUME_HINT = 'rerun the same command to continue where it stopped (finished images are kept)'
 
 
-def _json_value(value):
-    """A sampler option as it is recorded in the settings (JSON): infinity and dtypes as strings."""
-    import torch
-    if value == float('inf'):
-        return 'inf'
-    return str(value) if isinstance(value, torch.dtype) else value
-
-
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
-                 batch_size_decoder=8, guidance_scale=2.0, guidance_interval=(17, 22), guidance_sigma=None,
-                 seed=0, numerics='gi', device=None, verbose=False, progress=True, overwrite=False,
-                 **sampler_kwargs):
+                 batch_size_decoder=8, guidance_scale=2.0, interval=None, sampler=None,
+                 seed=0, device=None, verbose=False, progress=True, overwrite=False):
     """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`.
+
+    `interval`: a `guidance.Interval` (None: upstream's default, steps [17, 22]; `Interval()` for
+    every step); `sampler`: the `schedule.SamplerOptions` (None: defaults with 'gi' numerics).
 
     A finished zip of the same name made with other settings is replaced only with `overwrite`
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
     from edmguide import loading
-    from edmguide.generation import build_guidance, pick_device
-    from edmguide.guidance import method_tag
+    from edmguide.generation import pick_device, resolve_guidance
+    from edmguide.guidance import Interval, method_tag
     from edmguide.outputs import check_output_dir
-    from edmguide.sampling import check_sampler_kwargs
+    from edmguide.schedule import SamplerOptions
     from edmguide.zipdump import dump_zip, zip_file_name
     from torch_utils import distributed as dist
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise UserError(f'--seed={seed}: seeds are non-negative integers')
-    check_sampler_kwargs(sampler_kwargs)
+    sampler = sampler or SamplerOptions(mode='gi')
+    interval = interval if interval is not None else Interval.of_steps(17, 22)
+    sampler.check_guidance(guidance_scale, interval, '--guidance_scale')
     device = pick_device(device)
     check_output_dir(zip_dir, '--zip_dir')  # before any network is loaded
     guided = guidance_scale != 1
@@ -58,16 +54,15 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
         raise UserError('guidance needs a guiding network: give --uncond_pkl (or --gnet)')
     net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl if guided else None, device,
                                                encoder_batch_size=batch_size_decoder, verbose=verbose)
-    guidance = build_guidance(guidance_scale, interval=guidance_interval, sigma_range=guidance_sigma, net=net,
-                              mode=numerics, device=device, **sampler_kwargs)
-    method = method_tag(guidance_interval if guidance_interval is not None else guidance_sigma)
-    zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
+    schedule = sampler.schedule(net, device=device)
+    guidance = resolve_guidance(schedule, guidance_scale, interval, what='--guidance_scale')
+    zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method_tag(interval)))
     settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
-                    numerics=numerics, **{k: _json_value(v) for k, v in sampler_kwargs.items()})
+                    **sampler.as_record())
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
-    stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
-                     guidance=guidance, batch_size=batch_size, device=device, mode=numerics, verbose=verbose,
-                     progress=progress, overwrite=overwrite, **sampler_kwargs)
+    stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), schedule, settings=settings, gnet=gnet,
+                     guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,
+                     progress=progress, overwrite=overwrite)
     if verbose and dist.get_rank() == 0 and 'timing' in stats:
         t = stats['timing']
         print('Timing (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in t.items()))
@@ -92,7 +87,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
 @cli.verbose_option('Per-batch timing')
 @threads.threads_option
 @cli.sampler_options
-def main(guidance_interval, guidance_sigma, **kwargs):
+def main(guidance_interval, guidance_sigma, numerics, sampler, **kwargs):
     """Generate a zip of images with guidance limited to an interval (or CFG / autoguidance)."""
     interval_given = click.get_current_context().get_parameter_source('guidance_interval').name != 'DEFAULT'
 
@@ -100,9 +95,9 @@ def main(guidance_interval, guidance_sigma, **kwargs):
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(explicit_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(explicit_interval, guidance_sigma)
         dist.init()
-        generate_zip(guidance_interval=interval, guidance_sigma=sigma_range, **kwargs)
+        generate_zip(interval=interval, sampler=sampler.replace(mode=numerics), **kwargs)
     run_cli(work, resume_hint=RESUME_HINT)
 
 

@@ -22,14 +22,13 @@ PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python cod
                '(README: "Weights without code").')
 
 
+SAMPLER_FIELDS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
+
+
 def parse_guidance_options(interval_text, sigma_text):
-    """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None)."""
-    from edmguide.guidance import parse_interval, parse_sigma_range
-    interval = parse_interval(interval_text) if interval_text is not None else None
-    sigma_range = parse_sigma_range(sigma_text) if sigma_text is not None else None
-    if interval is not None and sigma_range is not None:
-        raise UserError('use either --guidance_interval (step indices) or --guidance_sigma (noise range), not both')
-    return interval, sigma_range
+    """(--guidance_interval, --guidance_sigma) strings -> one `guidance.Interval` (every step if neither)."""
+    from edmguide.guidance import Interval
+    return Interval.from_options(interval_text, sigma_text)
 
 
 def verbose_option(help_text):
@@ -40,14 +39,16 @@ def verbose_option(help_text):
 
 
 def sampler_options(func):
-    """The EDM sampler's options, as in upstream EDM2's generate_images.py, checked together (by
-    `sampling.check_sampler_options`, the sampler's own check) before the command runs."""
+    """The EDM sampler's options, as in upstream EDM2's generate_images.py, parsed into one
+    `schedule.SamplerOptions` (checked as a whole when made) passed to the command as `sampler`
+    (mode 'edm2'; the command sets `mode` from its --numerics with `sampler.replace(mode=...)`)."""
 
     @functools.wraps(func)
     def checked(*args, **kwargs):
-        from edmguide.sampling import check_sampler_kwargs  # imports torch: only once a command runs
+        from edmguide.schedule import SamplerOptions  # imports torch: only once a command runs
+        fields = {key: kwargs.pop(key) for key in SAMPLER_FIELDS}
         try:
-            check_sampler_kwargs(kwargs)
+            kwargs['sampler'] = SamplerOptions(**fields)
         except UserError as exc:
             raise click.UsageError(str(exc)) from None
         return func(*args, **kwargs)

@@ -23,7 +23,6 @@ diffusers and transformers are imported inside functions only: the EDM2 paths ne
 
 import dataclasses
 import json
-import math
 import os
 
 import torch
@@ -32,7 +31,7 @@ from edmguide.errors import UserError
 
 # The paper's SD-XL sampler (shared/spec/paper-settings.md): 32 Heun steps, sigma 14.61 -> 0.03,
 # rho = 3; interval (0.28, 5.42] = steps 10..25 of that schedule, w = 16.
-DEFAULTS = dict(num_steps=32, sigma_min=0.03, sigma_max=14.61, rho=3)
+DEFAULTS = dict(num_steps=32, sigma_min=0.03, sigma_max=14.61, rho=3)  # the fields of `default_options()`
 DEFAULT_GUIDANCE = 16.0
 DEFAULT_SIGMA_RANGE = (0.28, 5.42)
 DEFAULT_INTERVAL = (10, 25)
@@ -226,51 +225,52 @@ def decode(model, latents):
 #----------------------------------------------------------------------------
 # Generation.
 
-def sdxl_guidance(weight=DEFAULT_GUIDANCE, interval=None, sigma_range=None, *, device=None, **schedule_kwargs):
-    """w(sigma) for SD-XL from step indices [start, stop] or a sigma range (lo, hi] on the SD-XL schedule.
+def default_options(**changes):
+    """The SD-XL sampler's `SamplerOptions` (the paper's: 32 Heun steps, sigma 14.61 -> 0.03, rho 3,
+    'edm2' float32 arithmetic), with `changes` (fields given on the command line) applied."""
+    from edmguide.schedule import SamplerOptions
+    return SamplerOptions(**dict(DEFAULTS, **changes))
 
-    With neither, the paper's interval: (0.28, 5.42] is how the paper prints (t_26, t_10] of the
-    default 32-step schedule (t_26 = 0.2809, t_10 = 5.4173), so on that schedule the default is
+
+def default_interval(schedule):
+    """The paper's SD-XL interval on `schedule`: (0.28, 5.42] is how the paper prints (t_26, t_10]
+    of the default 32-step schedule (t_26 = 0.2809, t_10 = 5.4173), so on that schedule it is
     steps 10..25 exactly (taken literally, 0.28 < t_26 would also guide step 26); on any other
-    schedule it is the literal range. Pass sigma_range=(0, inf) for constant CFG.
-    """
-    from edmguide.generation import build_guidance
-    kwargs = dict(DEFAULTS, **schedule_kwargs)
-    if interval is None and sigma_range is None:
-        if all(kwargs[k] == v for k, v in DEFAULTS.items()) and kwargs.get('dtype') is None:
-            interval = DEFAULT_INTERVAL
-        else:
-            sigma_range = DEFAULT_SIGMA_RANGE
-    if sigma_range is not None and math.isinf(sigma_range[1]) and sigma_range[0] == 0:
-        return build_guidance(weight, device=device, **kwargs)
-    return build_guidance(weight, interval=interval, sigma_range=sigma_range, mode='edm2', device=device, **kwargs)
+    schedule it is the literal range."""
+    from edmguide.guidance import Interval
+    if schedule.options == default_options():
+        return Interval.of_steps(*DEFAULT_INTERVAL)
+    return Interval.of_sigma(*DEFAULT_SIGMA_RANGE)
 
 
-def sample_latents(model, cond, uncond, seeds, guidance, *, counter=None, **sampler_kwargs):
+def sdxl_guidance(schedule, weight=DEFAULT_GUIDANCE, interval=None):
+    """w(sigma) for SD-XL on `schedule` (`default_options().schedule()`, or other options): `interval`
+    (a `guidance.Interval`), or the paper's (`default_interval`) when None."""
+    return schedule.guidance(weight, interval if interval is not None else default_interval(schedule))
+
+
+def sample_latents(model, cond, uncond, seeds, guidance, schedule, *, counter=None):
     """Latents for `seeds` (one batch): per-seed noise from StackedRandomGenerator, the EDM Heun sampler."""
     from edmguide import sampling
     from edmguide.seeds import StackedRandomGenerator
-    kwargs = dict(DEFAULTS, **sampler_kwargs)
     net = BoundDenoiser(model.denoiser, cond)
     gnet = BoundDenoiser(model.denoiser, uncond)
     rng = StackedRandomGenerator(model.device, seeds)
     res = model.denoiser.img_resolution
     noise = rng.randn([len(seeds), model.denoiser.img_channels, res, res], device=model.device)
     with torch.no_grad():
-        return sampling.sample(net, noise, None, gnet=gnet, guidance=guidance, mode='edm2',
-                               randn_like=rng.randn_like, counter=counter, **kwargs)
+        return sampling.sample(net, noise, None, gnet=gnet, guidance=guidance, schedule=schedule,
+                               randn_like=rng.randn_like, counter=counter)
 
 
-def generate_sdxl_images(model, prompt, seeds, outdir, *, negative_prompt='', guidance=None, max_batch_size=4,
-                         verbose=True, **sampler_kwargs):
+def generate_sdxl_images(model, prompt, seeds, outdir, schedule, *, negative_prompt='', guidance=None,
+                         max_batch_size=4, verbose=True):
     """One `<seed:06d>.png` per seed in `outdir`; `guidance` is a GuidanceSchedule, a number or None
     (see `sdxl_guidance`). Prints the evaluations per image (main / guide). Returns the written paths."""
     from edmguide import images as imagelib
     from edmguide.outputs import check_output_dir
     from edmguide.progress import progress_bar
-    from edmguide.sampling import EvalCounter, check_sampler_kwargs
-    kwargs = dict(DEFAULTS, **sampler_kwargs)
-    check_sampler_kwargs(kwargs)
+    from edmguide.sampling import EvalCounter
     check_output_dir(outdir, '--outdir')
     seeds = list(seeds)
     cond = encode_prompt(model, prompt)
@@ -280,7 +280,7 @@ def generate_sdxl_images(model, prompt, seeds, outdir, *, negative_prompt='', gu
         for start in range(0, len(seeds), max_batch_size):
             batch = seeds[start:start + max_batch_size]
             counter = EvalCounter()
-            latents = sample_latents(model, cond, uncond, batch, guidance, counter=counter, **kwargs)
+            latents = sample_latents(model, cond, uncond, batch, guidance, schedule, counter=counter)
             if not bool(torch.isfinite(latents).all()):
                 raise UserError(f'seeds {batch}: the sampler produced non-finite latents')
             for seed, image in zip(batch, decode(model, latents).cpu()):
@@ -303,21 +303,21 @@ def figure_methods(name):
     lower bound swept (upper bound 5.42). The sweep values are this project's choice of levels
     along the schedule (`SWEEP_STARTS`, `SWEEP_STOPS`); the paper's Fig. 8 shows the same kind of sweep.
     """
-    from edmguide.guidance import GuidanceSchedule
+    from edmguide.guidance import GuidanceSchedule, Interval
+    schedule = default_options().schedule()
     if name == 'sdxl-fig6':
         return [('CFG w=2, all sigma', GuidanceSchedule.constant(2)),
                 ('CFG w=16, all sigma', GuidanceSchedule.constant(16)),
-                ('interval w=16, sigma in (0.28, 5.42]', sdxl_guidance(16))]
+                ('interval w=16, sigma in (0.28, 5.42]', sdxl_guidance(schedule, 16))]
     if name in ('sdxl-fig8-hi', 'sdxl-fig8-lo'):
-        from edmguide import sampling
-        sigmas = sampling.noise_levels(**DEFAULTS)
+        levels = schedule.levels
         ranges = ([(start, 25) for start in SWEEP_STARTS] if name == 'sdxl-fig8-hi'
                   else [(10, stop) for stop in SWEEP_STOPS])
         rows = []
         for start, stop in ranges:
-            lo, hi = float(sigmas[stop + 1]), float(sigmas[start])
+            lo, hi = levels[stop + 1], levels[start]
             rows.append((f'w=16, sigma in ({lo:.2f}, {hi:.2f}] (steps {start}-{stop})',
-                         sdxl_guidance(16, interval=(start, stop))))
+                         sdxl_guidance(schedule, 16, Interval.of_steps(start, stop))))
         return rows
     raise UserError(f'--figs: unknown SD-XL figure {name!r}; choose from {", ".join(FIGURES)}')
 
@@ -355,8 +355,9 @@ def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='
             res = model.denoiser.img_resolution
             noise = rng.randn([len(batch), model.denoiser.img_channels, res, res], device=model.device)
             with torch.no_grad():
-                outs = sampling.sample_tree(net, noise, None, [(gnet, g) for _, g in methods], mode='edm2',
-                                            randn_like=rng.randn_like, **DEFAULTS)
+                outs = sampling.sample_tree(net, noise, None, [(gnet, g) for _, g in methods],
+                                            default_options().schedule(device=model.device),
+                                            randn_like=rng.randn_like)
             for row, latents in zip(rows, outs):
                 row.extend(decode(model, latents).cpu())
     short = [p if len(p) <= 40 else p[:37] + '...' for p in prompts]

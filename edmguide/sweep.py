@@ -29,11 +29,12 @@ import torch
 import dnnlib
 from edmguide import images as imagelib, loading, sampling, seeds as seedlib, sweep_report
 from edmguide.errors import UserError
-from edmguide.generation import build_guidance, generate_setting_batches, pick_device
-from edmguide.guidance import parse_interval, parse_sigma_range
+from edmguide.generation import generate_setting_batches, pick_device, resolve_guidance
+from edmguide.guidance import Interval, parse_interval, parse_sigma_range
 from edmguide.metrics import kinds, pipeline, stats as stats_lib
 from edmguide.outputs import check_output_dir
 from edmguide.progress import progress_bar
+from edmguide.schedule import SamplerOptions
 from torch_utils import distributed as dist
 
 SETTINGS_FILE = 'sweep-settings.json'
@@ -72,24 +73,6 @@ def parse_weights(text, option='--guidance'):
         if float(value) not in out:
             out.append(float(value))
     return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Interval:
-    """Where guidance applies: kind 'all', 'steps' ((a, b) inclusive) or 'sigma' ((lo, hi]); `grid`
-    names the grid it was expanded from (heatmaps are drawn per grid)."""
-    kind: str
-    steps: tuple = None
-    sigma: tuple = None
-    grid: str = None
-
-    @property
-    def label(self):
-        if self.kind == 'all':
-            return 'all'
-        if self.kind == 'steps':
-            return f'[{self.steps[0]}, {self.steps[1]}]'
-        return f'({self.sigma[0]:g}, {self.sigma[1]:g}]'
 
 
 _SPAN = r'\s*(\d+)\s*(?:\.\.\s*(\d+)\s*(?::\s*(\d+)\s*)?)?'
@@ -208,20 +191,16 @@ def _check_outdir(outdir, record):
 #----------------------------------------------------------------------------
 # The sweep.
 
-def setting_schedules(net, settings, *, mode, device, **sampler_kwargs):
-    """(GuidanceSchedule per setting, the sampler's schedule tensor)."""
-    schedules, noted = [], set()
+def setting_guidance(schedule, settings):
+    """The GuidanceSchedule of every setting, resolved on the sweep's one `Schedule`."""
+    out, noted = [], set()
     for s in settings:
         if s.interval is None or s.weight == 1:
-            schedules.append(build_guidance(None))
-        elif s.interval.kind == 'all':
-            schedules.append(build_guidance(s.weight))
+            out.append(schedule.guidance(None))
         else:
-            schedules.append(build_guidance(s.weight, s.interval.steps, s.interval.sigma, net=net, mode=mode,
-                                            device=device, note=s.interval not in noted, **sampler_kwargs))
+            out.append(resolve_guidance(schedule, s.weight, s.interval, note=s.interval not in noted))
             noted.add(s.interval)  # a note on a paper-rounded noise range once per interval, not per weight
-    schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
-    return schedules, sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
+    return out
 
 
 def _describe(setting, schedule, sigmas, evals):
@@ -240,10 +219,10 @@ def _describe(setting, schedule, sigmas, evals):
                 evals_main=evals.net, evals_guide=evals.gnet)
 
 
-def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir, num_images, seed=0,
-              max_batch_size=32, class_idx=None, mode='edm2', device='cpu', record=None, checkpoint_every=8,
-              progress=True, **sampler_kwargs):
-    """Measure every setting on seeds seed..seed+num_images-1; returns (records, summary).
+def run_sweep(net, encoder, settings, schedule, *, guides, ref, ref_path, metrics, outdir, num_images, seed=0,
+              max_batch_size=32, class_idx=None, device='cpu', record=None, checkpoint_every=8, progress=True):
+    """Measure every setting on seeds seed..seed+num_images-1 on `schedule` (the sweep's one
+    `Schedule`: every setting's interval is resolved on it); returns (records, summary).
 
     `guides`: {name: guiding net}; `record`: what identifies the run besides the settings (network
     paths, ...) for the resume check. Checkpoints go to `outdir` every `checkpoint_every` batches.
@@ -257,15 +236,14 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
     dist.barrier()
     dims = pipeline.reference_dims(ref, metrics, ref_path)
     dets = pipeline.build_detectors(metrics)
-    schedules, sigmas = setting_schedules(net, settings, mode=mode, device=device, **sampler_kwargs)
+    schedules, sigmas = setting_guidance(schedule, settings), schedule.sigmas
     branches = [(guides[s.guide] if s.guide is not None else None, g) for s, g in zip(settings, schedules)]
-    keys = sampling.step_keys(branches, sigmas)
+    keys = sampling.step_keys(branches, schedule)
     made, separate = sampling.tree_evaluations(keys)
     records = [_describe(s, g, sigmas, sampling.tree_evaluations([k])[0]) for s, g, k in zip(settings, schedules, keys)]
 
     full_record = dict(record or {}, metrics=list(metrics), num_images=num_images, seed=seed, batch=max_batch_size,
-                       class_idx=class_idx, mode=mode, world_size=world_size,
-                       sampler={k: v for k, v in sorted(sampler_kwargs.items()) if k != 'dtype'},
+                       class_idx=class_idx, world_size=world_size, sampler=schedule.options.as_record(),
                        settings=[[s.guide, s.weight, s.interval.label if s.interval else None] for s in settings])
     failure = None
     try:
@@ -297,9 +275,8 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
     # Every rank feeds every rank's features in seed order (pipeline.feed_step), so all ranks hold
     # the same accumulators, equal to a single process's; the generator's own barrier is not needed.
     flat = {(i, j): acc for i, row in enumerate(accs) for j, acc in enumerate(row)}
-    batches = generate_setting_batches(net, encoder, range(seed, seed + num_images), branches,
-                                       class_idx=class_idx, device=device, mode=mode, sync=False,
-                                       batches=all_batches[done:], **sampler_kwargs)
+    batches = generate_setting_batches(net, encoder, range(seed, seed + num_images), branches, schedule,
+                                       class_idx=class_idx, device=device, sync=False, batches=all_batches[done:])
     batch_idx = done
     with bar, torch.no_grad():
         while batch_idx < len(all_batches):
@@ -340,11 +317,16 @@ def _save(checkpoints, batches_done, accs):
 # The command-line job.
 
 def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=None, metrics=None, num_images=50000,
-                  seed=0, max_batch_size=32, class_idx=None, mode='edm2', device=None, checkpoint_every=8,
-                  progress=True, **sampler_kwargs):
-    """`calculate_metrics.py sweep`: parse, load, run, write the report (rank 0); returns the lines to print."""
+                  seed=0, max_batch_size=32, class_idx=None, sampler=None, device=None, checkpoint_every=8,
+                  progress=True):
+    """`calculate_metrics.py sweep`: parse, load, run, write the report (rank 0); returns the lines to print.
+    `sampler`: the `SamplerOptions` (None: defaults)."""
+    sampler = sampler or SamplerOptions()
     weights = parse_weights(weights)
     intervals = parse_intervals(intervals or ['all'])
+    for w in weights:
+        for interval in intervals:
+            sampler.check_guidance(w, interval, '--guidance')
     guided = any(w != 1 for w in weights)
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
@@ -357,10 +339,11 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
     guide = loading.network_stem(gnet_path) if guided else None
     settings = expand_settings(weights, intervals, [guide] if guided else [])
     record = dict(net=net_path, gnet=gnet_path if guided else None, ref=ref_path, device=device.type)  # type: ranks differ in index
-    records, summary = run_sweep(net, encoder, settings, guides={guide: gnet}, ref=ref, ref_path=ref_path,
+    schedule = sampler.schedule(net, device=device)
+    records, summary = run_sweep(net, encoder, settings, schedule, guides={guide: gnet}, ref=ref, ref_path=ref_path,
                                  metrics=metrics, outdir=outdir, num_images=num_images, seed=seed,
-                                 max_batch_size=max_batch_size, class_idx=class_idx, mode=mode, device=device,
-                                 record=record, checkpoint_every=checkpoint_every, progress=progress, **sampler_kwargs)
+                                 max_batch_size=max_batch_size, class_idx=class_idx, device=device,
+                                 record=record, checkpoint_every=checkpoint_every, progress=progress)
     if dist.get_rank() != 0:
         return []
     sweep_report.write_report(outdir, records, pipeline.result_names(metrics), summary)

@@ -227,9 +227,8 @@ def assemble_zip(parts_dir, zip_path, num_images, settings):
         zf.comment = json.dumps(settings, sort_keys=True).encode()
 
 
-def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=None, batch_size=64,
-             device='cpu', mode='gi', verbose=False, progress=True, writer_threads=2, overwrite=False,
-             **sampler_kwargs):
+def dump_zip(net, encoder, zip_path, seeds, schedule, *, settings, gnet=None, guidance=None, batch_size=64,
+             device='cpu', verbose=False, progress=True, writer_threads=2, overwrite=False):
     """Generate one image per seed (entry k = seeds[k]) into `zip_path`, resuming unfinished work.
 
     `settings` (a JSON-able dict of everything that determines the pixels) guards resumption:
@@ -238,6 +237,7 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
     a second run on the same zip refuses at once. Existing parts count only after they decode to
     an image of the right size and mode; bad ones are regenerated. PNG encoding and file writes run
     in `writer_threads` worker threads, overlapping with sampling.
+    `schedule` and `guidance` as `generation.generate_batches` takes them.
     Returns a dict of timings and counts (rank 0's view).
     """
     seeds = seedlib.as_seed_sequence(seeds)
@@ -265,16 +265,16 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
         dist.print0(f'{zip_path} is already complete; nothing to do.')
         return dict(generated=0, skipped=len(seeds))
     try:
-        return _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, gnet=gnet, guidance=guidance,
-                                  batch_size=batch_size, device=device, mode=mode, verbose=verbose,
-                                  progress=progress, writer_threads=writer_threads, **sampler_kwargs)
+        return _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, schedule, gnet=gnet,
+                                  guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,
+                                  progress=progress, writer_threads=writer_threads)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gnet, guidance, batch_size, device,
-                       mode, verbose, progress, writer_threads, **sampler_kwargs):
+def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, schedule, *, gnet, guidance, batch_size,
+                       device, verbose, progress, writer_threads):
     """The locked part of `dump_zip`: check the parts, generate the missing ones, write the zip."""
     import torch
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -310,8 +310,8 @@ def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gn
 
     writes = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(writer_threads, 1)) as pool:
-        for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=guidance, device=device, mode=mode,
-                                      batches=seedlib.deal_chunks(pending, world_size, rank), **sampler_kwargs):
+        for batch in generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=guidance, device=device,
+                                      batches=seedlib.deal_chunks(pending, world_size, rank)):
             images = batch.images.permute(0, 2, 3, 1).cpu().numpy()
             writes += [pool.submit(write_one, int(k), img) for k, img in zip(batch.indices, images) if int(k) not in done]
             while len(writes) > 4 * batch_size:  # bound memory held by queued images

@@ -31,7 +31,8 @@ def measure(weights, interval, num_images, workdir):
     net, encoder, gnet = loading.load_networks(files.cond, files.uncond, 'cpu')
     intervals = sweep.parse_intervals(['all', interval])
     settings = sweep.expand_settings(weights, intervals, ['uncond'])
-    records, summary = sweep.run_sweep(net, encoder, settings, guides={'uncond': gnet}, ref=stats_lib.load_reference(files.ref),
+    schedule = sweep.SamplerOptions().schedule(net, device='cpu')
+    records, summary = sweep.run_sweep(net, encoder, settings, schedule, guides={'uncond': gnet}, ref=stats_lib.load_reference(files.ref),
                                        ref_path=files.ref, metrics=METRICS, outdir=workdir, num_images=num_images,
                                        max_batch_size=250, device='cpu', record=dict(script='demo_precision_recall'),
                                        checkpoint_every=1)

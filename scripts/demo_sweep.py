@@ -35,7 +35,8 @@ def _run(job):
     files = presets.DEMO_FILES
     net, encoder, gnet = loading.load_networks(files.cond, getattr(files, job.guide), 'cpu')
     settings = sweep.expand_settings(job.weights, sweep.parse_intervals(job.intervals), [job.guide])
-    records, summary = sweep.run_sweep(net, encoder, settings, guides={job.guide: gnet}, ref=stats_lib.load_reference(files.ref),
+    schedule = sweep.SamplerOptions().schedule(net, device='cpu')
+    records, summary = sweep.run_sweep(net, encoder, settings, schedule, guides={job.guide: gnet}, ref=stats_lib.load_reference(files.ref),
                                        ref_path=files.ref, metrics=[METRIC], outdir=job.outdir, num_images=job.num,
                                        max_batch_size=job.batch, device='cpu', record=dict(guide=job.guide),
                                        checkpoint_every=1, progress=False)

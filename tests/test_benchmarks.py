@@ -15,7 +15,7 @@ def test_quick_run_writes_all_sections(tmp_path):
     out = tmp_path / 'results'
     proc = subprocess.run([sys.executable, SCRIPT, '--quick', '--device', 'cpu', '--out', str(out),
                            '--name', 'smoke', '--precision-on-cpu'],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / 'smoke.json').read_text())
     markdown = (out / 'smoke.md').read_text()

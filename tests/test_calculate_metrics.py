@@ -385,7 +385,9 @@ def test_gi_form_errors_append_nothing(cache, tmp_path, image_zip, other_ref):
 def test_gen_matches_calc_on_the_same_generated_images(cache, tmp_path, tiny_pickles):
     from edmguide import generation, loading
     net, encoder = loading.load_network(tiny_pickles['cond'])
-    images = torch.cat([b.images for b in generation.generate_batches(net, encoder, range(3, 9), num_steps=4)])
+    from edmguide.schedule import SamplerOptions
+    schedule = SamplerOptions(num_steps=4).schedule(net)
+    images = torch.cat([b.images for b in generation.generate_batches(net, encoder, range(3, 9), schedule)])
     folder = hm.write_image_dir(tmp_path / 'gen', images.permute(0, 2, 3, 1).numpy())
     dest = tmp_path / 'ref.pkl'
     assert invoke(calculate_metrics.edm2_cli, ['ref', '--data', hm.write_image_dir(tmp_path / 'other', hm.random_images(8)),

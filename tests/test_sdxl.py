@@ -127,15 +127,21 @@ def test_empty_negative_prompt_is_zeros_and_prompts_differ(model):
 
 
 def test_default_interval_is_steps_10_to_25():
-    sigmas = sampling.noise_levels(**{k: v for k, v in sdxl.DEFAULTS.items()})
-    schedule = sdxl.sdxl_guidance(16)
-    assert schedule.to_step_indices(sigmas) == ((10, 25, 16.0),)
-    assert sdxl.sdxl_guidance(16, interval=(10, 25)).step_weights(sigmas) == schedule.step_weights(sigmas)
+    from edmguide.guidance import Interval
+    schedule = sdxl.default_options().schedule()
+    sigmas = sampling.noise_levels(32, 0.03, 14.61, 3)  # the paper's schedule, built independently
+    assert torch.equal(schedule.sigmas, sigmas)
+    guidance = sdxl.sdxl_guidance(schedule, 16)
+    assert guidance.to_step_indices(sigmas) == ((10, 25, 16.0),)
+    assert sdxl.sdxl_guidance(schedule, 16, Interval.of_steps(10, 25)).step_weights(sigmas) == guidance.step_weights(sigmas)
+    other = sdxl.default_options(num_steps=40).schedule()  # elsewhere the paper's range is taken literally
+    assert sdxl.sdxl_guidance(other, 16).segments == ((0.28, 5.42, 16.0),)
 
 
 def _latents(model, guidance, seeds=(0, 1), counter=None, **kw):
     cond, uncond = sdxl.encode_prompt(model, 'a red cat'), sdxl.encode_prompt(model, '', negative=True)
-    return sdxl.sample_latents(model, cond, uncond, list(seeds), guidance, counter=counter, num_steps=8, **kw)
+    schedule = sdxl.default_options(num_steps=8, **kw).schedule()
+    return sdxl.sample_latents(model, cond, uncond, list(seeds), guidance, schedule, counter=counter)
 
 
 def test_guidance_special_cases_are_bit_identical(model):
@@ -200,13 +206,13 @@ def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, ext
 
 
 def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
-    from edmguide.guidance import parse_sigma_range
-    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
-    full = sdxl.sdxl_guidance(16, sigma_range=parse_sigma_range('(0, inf]'))
-    assert full.step_weights(sigmas) == [16.0] * 32
+    from edmguide.guidance import Interval, parse_sigma_range
+    schedule = sdxl.default_options().schedule()
+    full = sdxl.sdxl_guidance(schedule, 16, Interval.of_sigma(*parse_sigma_range('(0, inf]')))
+    assert full.step_weights(schedule.sigmas) == [16.0] * 32
     made = {}
-    for name, schedule in (('cfg', full), ('gi', sdxl.sdxl_guidance(16))):
-        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), schedule)], sigmas))[0]
+    for name, guidance in (('cfg', full), ('gi', sdxl.sdxl_guidance(schedule, 16))):
+        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), guidance)], schedule))[0]
     # 31 steps x 2 + 1 for the main net; the guide on steps 10..25 only (16 steps, 2 evaluations each).
     assert (made['cfg'].net, made['cfg'].gnet, made['gi'].net, made['gi'].gnet) == (63, 63, 63, 32)
 

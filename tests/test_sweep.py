@@ -11,7 +11,9 @@ from click.testing import CliRunner
 import calculate_metrics
 from edmguide import generation, loading, presets, sweep
 from edmguide.errors import UserError
+from edmguide.guidance import Interval
 from edmguide.metrics import pipeline
+from edmguide.schedule import SamplerOptions
 
 FILES = presets.DEMO_FILES
 FAST = ['--steps', '6', '--num', '6', '--batch', '4', '--device', 'cpu']
@@ -68,13 +70,13 @@ def test_unguided_setting_appears_once():
 def test_setting_batches_are_bit_identical_to_separate_generation(mode):
     net, encoder, gnet = loading.load_networks(FILES.cond, FILES.bad, 'cpu')
     settings = sweep.expand_settings([1.5, 3.0], sweep.parse_intervals(['all', '[2, 3]', '(0.5, 20]']), ['bad'])
-    schedules, _ = sweep.setting_schedules(net, settings, mode=mode, device='cpu', num_steps=6)
-    branches = [(gnet, g) for g in schedules]
-    common = dict(max_batch_size=3, rank=0, world_size=1, mode=mode, sync=False, num_steps=6, device='cpu')
-    together = list(generation.generate_setting_batches(net, encoder, range(5), branches, **common))
+    schedule = SamplerOptions(num_steps=6, mode=mode).schedule(net, device='cpu')
+    branches = [(gnet, g) for g in sweep.setting_guidance(schedule, settings)]
+    common = dict(max_batch_size=3, rank=0, world_size=1, sync=False, device='cpu')
+    together = list(generation.generate_setting_batches(net, encoder, range(5), branches, schedule, **common))
     separate = 0
-    for j, (g, schedule) in enumerate(branches):
-        alone = list(generation.generate_batches(net, encoder, range(5), gnet=g, guidance=schedule, **common))
+    for j, (g, guidance) in enumerate(branches):
+        alone = list(generation.generate_batches(net, encoder, range(5), schedule, gnet=g, guidance=guidance, **common))
         for a, b in zip(alone, together):
             assert torch.equal(a.images, b.images[j]) and torch.equal(a.latents, b.latents[j])
             separate += a.counter.net + a.counter.gnet
@@ -89,12 +91,12 @@ def test_sweep_values_equal_separate_gen_runs_and_report_is_written(tmp_path):
     records = read_jsonl(tmp_path / 'out' / 'sweep.jsonl')
     assert len(records) == 1 + 1 + 1 + 4  # w = 1 once; all; [2, 3]; grid of 4 (the grid's [2, 3] is its own cell)
     by_label = {(r['label'], r['grid']): r for r in records}
-    for label, interval in (('none', None), ('all', None), ('[2, 3]', (2, 3))):
+    for label, interval in (('none', None), ('all', None), ('[2, 3]', Interval.of_steps(2, 3))):
         r = by_label[(label, None)]
         value = pipeline.calc_metrics_for_network(
             FILES.cond, FILES.ref, ['fd_digits'], gnet_path=FILES.uncond, guidance=r['guidance'],
-            guidance_interval=interval, num_images=6, max_batch_size=4, device='cpu', progress=False,
-            num_steps=6)['fd_digits']
+            interval=interval, num_images=6, max_batch_size=4, device='cpu', progress=False,
+            sampler=SamplerOptions(num_steps=6))['fd_digits']
         assert r['fd_digits'] == value and r['num_images'] == 6
     assert by_label[('[2, 3]', None)]['evals_main'] == 11 and by_label[('[2, 3]', None)]['evals_guide'] == 4
     assert by_label[('all', None)]['interval'] is None and by_label[('all', None)]['sigma'][0] == 0
@@ -141,7 +143,7 @@ def _rank_worker(rank, world_size, port, outdir, threads=1):
         torch.distributed.init_process_group(backend='gloo', init_method='env://')
     dist.init()
     sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], outdir, gnet_path=FILES.uncond, num_images=6,
-                        max_batch_size=2, device='cpu', progress=False, num_steps=6)
+                        max_batch_size=2, device='cpu', progress=False, sampler=SamplerOptions(num_steps=6))
     torch.distributed.destroy_process_group()
 
 
@@ -154,7 +156,8 @@ def test_two_ranks_give_the_single_process_result(tmp_path, threads):
     from test_distributed import _free_port
     torch.multiprocessing.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path / 'two'), threads), nprocs=2, join=True)
     sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], str(tmp_path / 'one'), gnet_path=FILES.uncond,
-                        num_images=6, max_batch_size=2, device='cpu', progress=False, num_steps=6)
+                        num_images=6, max_batch_size=2, device='cpu', progress=False,
+                        sampler=SamplerOptions(num_steps=6))
     two, one = read_jsonl(tmp_path / 'two' / 'sweep.jsonl'), read_jsonl(tmp_path / 'one' / 'sweep.jsonl')
     assert sorted(os.listdir(tmp_path / 'two')).count('checkpoint-rank1.pkl') == 1
     assert len(two) == len(one) == 1 and two[0]['num_images'] == 6

@@ -16,6 +16,7 @@ import pytest
 
 from cli_helpers import ROOT, script_env
 from edmguide.errors import UserError
+from edmguide.schedule import SamplerOptions
 
 N = 5
 NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
@@ -23,8 +24,10 @@ NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
 
 def _make(tiny_pickles, zip_dir, **kwargs):
     import generate_zip as gz
-    options = dict(zip_dir=str(zip_dir), num_images=N, batch_size=2, guidance_scale=2.0, guidance_interval=(0, 1),
-                   num_steps=2, device='cpu', progress=False)
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
+    options = dict(zip_dir=str(zip_dir), num_images=N, batch_size=2, guidance_scale=2.0, interval=Interval.of_steps(0, 1),
+                   sampler=SamplerOptions(num_steps=2, mode='gi'), device='cpu', progress=False)
     options.update(kwargs)
     return gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **options)
 
@@ -98,7 +101,7 @@ def test_images_without_provable_settings_are_refused_and_overwrite_starts_over(
 
 def test_a_finished_zip_of_other_settings_is_kept_unless_overwrite(tiny_pickles, tmp_path, reference, capsys):
     path = tmp_path / NAME
-    _make(tiny_pickles, tmp_path, num_steps=3)  # same name: the name does not encode the steps
+    _make(tiny_pickles, tmp_path, sampler=SamplerOptions(num_steps=3, mode='gi'))  # same name: the name does not encode the steps
     other = path.read_bytes()
     assert other != reference[0]
     with pytest.raises(UserError, match=r'finished zip made with other settings \(.*num_steps\).*--overwrite'):

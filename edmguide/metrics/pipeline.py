@@ -22,6 +22,7 @@ from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_
 from edmguide.metrics.image_files import ImageFiles, collate_images
 from edmguide.outputs import check_output_dir, check_output_file
 from edmguide.progress import progress_bar
+from edmguide.schedule import SamplerOptions
 from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')
@@ -402,13 +403,12 @@ def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, n
         raise UserError(f'generated {num} images, expected {num_images}')
     return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
-def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None,
-                             guidance_interval=None, guidance_sigma=None, num_images=50000, seed=0,
-                             max_batch_size=32, class_idx=None, mode='edm2', device=None,
-                             progress=True, **sampler_kwargs):
+def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None, interval=None,
+                             sampler=None, num_images=50000, seed=0, max_batch_size=32, class_idx=None,
+                             device=None, progress=True):
     """EDM2 `gen` (extended with guidance intervals): sample seeds seed..seed+num-1 and measure the
-    images as they come, never writing them. `guidance_interval` = (start, stop) step indices,
-    `guidance_sigma` = (lo, hi] noise range; at most one of them.
+    images as they come, never writing them. `guidance` is the weight, `interval` a
+    `guidance.Interval` (None: every step), `sampler` the `SamplerOptions` (None: defaults).
     """
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path) # fail early, before loading networks
@@ -419,12 +419,12 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
     net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
-    schedule = generation.build_guidance(guidance, guidance_interval, guidance_sigma, net=net,
-                                         mode=mode, device=device, **sampler_kwargs)
+    schedule = (sampler or SamplerOptions()).schedule(net, device=device)
+    weights = generation.resolve_guidance(schedule, guidance, interval)
     chunks = metric_chunks(num_images, max_batch_size)
-    batches = generation.generate_batches(net, encoder, range(seed, seed + num_images), gnet=gnet,
-                                          guidance=schedule, class_idx=class_idx, batches=chunks,
-                                          sync=False, device=device, mode=mode, **sampler_kwargs)
+    batches = generation.generate_batches(net, encoder, range(seed, seed + num_images), schedule, gnet=gnet,
+                                          guidance=weights, class_idx=class_idx, batches=chunks,
+                                          sync=False, device=device)
     return calc_metrics_for_generator(batches, num_images, ref_path, metrics, num_steps=len(chunks), ref=ref,
                                       device=device, dets=dets, progress=progress,
                                       step_images=metric_step_images(num_images, max_batch_size))
