@@ -14,9 +14,9 @@ fixes its constants (`set_embedding`). diffusers' DiT block differs from DiT's i
 
 - the timestep frequencies: DiT uses f_k = exp(-ln(10000) * k / 128), k = 0..127 (cos first, then sin);
   diffusers' `CombinedTimestepLabelEmbeddings` is built with `downscale_freq_shift=1`, i.e. divides by
-  127. This moves the output of a random network by a quarter of its scale (README, DiT section);
-- the LayerNorm before each block's MLP: DiT's eps is 1e-6, diffusers' `norm_eps` defaults to 1e-5 (a
-  change in the output's sixth digit).
+  127. This moves the output of a random network by a third of its scale (README, DiT section);
+- the LayerNorm before each block's MLP: DiT's eps is 1e-6, diffusers' `norm_eps` defaults to 1e-5 (far
+  below float32 rounding in effect, but DiT's value all the same).
 
 `embedding='dit'` (the default) sets both to DiT's values; `embedding='diffusers'` keeps diffusers'
 forward exactly as it ships (to compare with `DiTPipeline`).
@@ -37,7 +37,6 @@ from edmguide.errors import UserError
 
 # DiT's model table: hidden size -> heads (DiT-S, -B, -L, -XL).
 HEADS_BY_HIDDEN = {384: 6, 768: 12, 1024: 16, 1152: 16}
-MODEL_NAMES = {384: 'S', 768: 'B', 1024: 'L', 1152: 'XL'}
 EMBEDDINGS = ('dit', 'diffusers')
 MLP_RATIO = 4
 LATENT_SCALE = 0.18215
@@ -117,13 +116,17 @@ class DiTNetwork:
 
     @torch.no_grad()
     def __call__(self, x, t, y):
+        size = self.input_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, size, size):
+            # (diffusers would interpolate its position table to another size; DiT has one size)
+            raise ValueError(f'DiTNetwork: expected latents (N, {self.in_channels}, {size}, {size}), got {tuple(x.shape)}')
         n = x.shape[0]
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'DiTNetwork: expected latents (N, {self.in_channels}, H, W), got {tuple(x.shape)}')
         t = torch.as_tensor(t, device=self.device).reshape(-1)
         y = torch.as_tensor(y, device=self.device).reshape(-1).long()
         t = t.expand(n) if t.numel() == 1 else t
         y = y.expand(n) if y.numel() == 1 else y
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.null_class):  # not a device-side assert
+            raise ValueError(f'DiTNetwork: class labels must lie in 0..{self.null_class} ({self.null_class} = null)')
         out = self.model(x.to(self.device, self.dtype), timestep=t, class_labels=y, return_dict=False)[0]
         return out.float()
 
@@ -210,8 +213,6 @@ def _load_state_dict(path):
     except Exception as exc:  # not a torch file, truncated, or pickled objects other than tensors
         raise UserError(f'{path}: not a plain state dict that torch.load(weights_only=True) opens '
                         f'({_first_line(exc)})') from None
-    if isinstance(sd, dict) and isinstance(sd.get('ema'), dict):  # a DiT training checkpoint: its EMA weights
-        sd = sd['ema']
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f'{path}: not a DiT state dict (found a {type(sd).__name__}, not a dict of tensors)')
     return sd
