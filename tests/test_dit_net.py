@@ -202,6 +202,24 @@ def dit_folder(tmp_path_factory, params):
 
 
 @pytest.fixture(scope='session')
+def hub_layout_folder(tmp_path_factory, params):
+    """The tiny network saved as facebook/DiT-XL-2-512 ships its transformer: the older generic
+    `Transformer2DModel` class (config `_class_name`), with the same weight names."""
+    from diffusers import Transformer2DModel
+    root = tmp_path_factory.mktemp('tiny-dit-hub-layout')
+    model = Transformer2DModel(num_attention_heads=HEADS, attention_head_dim=HIDDEN // HEADS, in_channels=CH,
+                               out_channels=2 * CH, num_layers=DEPTH, sample_size=INPUT, patch_size=PATCH,
+                               norm_type='ada_norm_zero', num_embeds_ada_norm=NUM_CLASSES,
+                               activation_fn='gelu-approximate', attention_bias=True, norm_elementwise_affine=False)
+    W = diffusers_weights(params)
+    assert set(W) == set(model.state_dict())
+    model.load_state_dict(W, strict=True)
+    model.save_pretrained(root / 'transformer')
+    assert json.loads((root / 'transformer' / 'config.json').read_text())['_class_name'] == 'Transformer2DModel'
+    return str(root)
+
+
+@pytest.fixture(scope='session')
 def dit_pt(tmp_path_factory, params):
     path = tmp_path_factory.mktemp('tiny-dit-pt') / 'DiT-tiny.pt'
     torch.save(params, path)
@@ -248,9 +266,10 @@ def test_timestep_embedding_is_dits_formula(source, dit_folder, dit_pt):
 #----------------------------------------------------------------------------
 # (2), (3) The forward, from a diffusers folder and from DiT's .pt.
 
-@pytest.mark.parametrize('source', ['folder', 'pt'])
-def test_forward_equals_handwritten_dit(source, dit_folder, dit_pt, params, inputs):
-    net = dit_net.load_dit_network(dit_folder if source == 'folder' else dit_pt, num_heads=HEADS)
+@pytest.mark.parametrize('source', ['folder', 'hub-layout-folder', 'pt'])
+def test_forward_equals_handwritten_dit(source, dit_folder, hub_layout_folder, dit_pt, params, inputs):
+    path = {'folder': dit_folder, 'hub-layout-folder': hub_layout_folder, 'pt': dit_pt}[source]
+    net = dit_net.load_dit_network(path, num_heads=HEADS)
     x, t, y = inputs
     out = net(x, t, y)
     ref = dit_forward_reference(params, x, t, y)
