@@ -150,7 +150,14 @@ def load_dit_network(source, *, embedding='dit', device='cpu', dtype=torch.float
     thing to keep equal to DiT. The key mapping is plain (qkv split into q, k, v; the one timestep and
     class embedder copied into every block, as diffusers' layout has one per block).
 
-    `num_heads` overrides DiT's model table (needed only for networks of sizes outside it, e.g. tests).
+    Why DiT's constants are set after loading: diffusers' DiT block divides the timestep frequencies by
+    127 where DiT divides by 128 (module docstring), which moves the output by about a third of its
+    scale; a network loaded by diffusers as it ships is therefore not DiT's. `set_embedding` puts DiT's
+    values into every block ('dit', the default) or leaves diffusers' ('diffusers').
+
+    `num_heads` overrides DiT's model table for a `.pt` (needed only for sizes outside it, e.g. tests;
+    a diffusers config names its heads). `dtype` float32 is what DiT samples with; float16 on CUDA is
+    an option for speed, not a reproduction.
     """
     if embedding not in EMBEDDINGS:
         raise UserError(f'--dit_embedding={embedding}: must be one of {", ".join(EMBEDDINGS)}')
