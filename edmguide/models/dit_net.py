@@ -174,6 +174,15 @@ def _first_line(exc):
     return text[0] if text else type(exc).__name__
 
 
+def _dit_class():
+    import diffusers
+    cls = getattr(diffusers, 'DiTTransformer2DModel', None)
+    if cls is None:  # split out of Transformer2DModel in diffusers 0.29
+        raise UserError(f'DiT needs diffusers.DiTTransformer2DModel (diffusers 0.29 or newer); '
+                        f'diffusers {diffusers.__version__} is installed')
+    return cls
+
+
 def _from_pretrained_kwargs(dtype):
     # Without accelerate, diffusers logs a paragraph before falling back to a plain init; ask for that directly.
     import importlib.util
@@ -181,7 +190,7 @@ def _from_pretrained_kwargs(dtype):
 
 
 def _model_from_diffusers(source, embedding, dtype):
-    from diffusers import DiTTransformer2DModel
+    DiTTransformer2DModel = _dit_class()
     subfolder = 'transformer'
     if os.path.isdir(source) and not os.path.isdir(os.path.join(source, 'transformer')):
         if not os.path.isfile(os.path.join(source, 'config.json')):
@@ -285,7 +294,7 @@ def dit_to_diffusers_keys(sd, depth):
 
 
 def _model_from_state_dict(path, num_heads, dtype):
-    from diffusers import DiTTransformer2DModel
+    DiTTransformer2DModel = _dit_class()
     sd = _load_state_dict(path)
     config = infer_dit_config(sd, path, num_heads)
     try:
