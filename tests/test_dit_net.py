@@ -370,6 +370,16 @@ def test_pt_errors_name_the_file_and_what_was_found(tmp_path, params):
     _one_line_error(lambda: dit_net.load_dit_network(extra, num_heads=HEADS), str(extra), 'head.weight')
 
 
+def test_cli_wrapper_prints_one_error_line(tmp_path, capsys):
+    from edmguide.errors import run_cli
+    bad = tmp_path / 'model.pt'
+    torch.save({'weight': torch.zeros(2)}, bad)
+    with pytest.raises(SystemExit) as info:
+        run_cli(dit_net.load_dit_network, bad)
+    err = capsys.readouterr().err
+    assert info.value.code != 0 and err.count('\n') == 1 and err.startswith('error: ') and str(bad) in err
+
+
 def test_head_count_comes_from_dits_table():
     sd = make_dit_params(0, depth=1, dim=384, input_size=4)
     config = dit_net.infer_dit_config(sd, 'DiT-S.pt')
