@@ -219,7 +219,7 @@ def content_fields(meta):
 def existing_output(dest, source_sha256):
     """The verified metadata of an existing `dest` converted from the same pickle, else a UserError
     saying why it will not be replaced without --overwrite. Reads the file, runs nothing."""
-    again = 'pass --overwrite to replace it'
+    again = 'use --overwrite to replace it'
     try:
         meta, _ = weights.verified_parts(weights.read_file(dest, dest), dest)
     except UserError as exc:
@@ -269,7 +269,7 @@ def convert(src, dest, *, overwrite=False, verbose=True):
         changed = next((k for k in list(new) + list(before) if new.get(k, '<absent>') != before.get(k, '<absent>')), None)
         if changed is not None:
             raise UserError(f'{dest}: exists, converted from this pickle but with other content (metadata field '
-                            f'{changed}); pass --overwrite to replace it')
+                            f'{changed}); use --overwrite to replace it')
         summary['unchanged'] = True
         if verbose:
             print(f'{dest}: already holds this conversion (same pickle, same verified content); left unchanged')

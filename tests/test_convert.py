@@ -195,11 +195,11 @@ def test_existing_output_is_kept_refused_or_replaced_only_with_overwrite(convert
             convert.convert(b, str(spelling), verbose=False)
         message = str(info.value)
         assert 'exists, converted from another file' in message and 'tiny-cond.pkl' in message, message
-        assert 'pass --overwrite to replace it' in message and '\n' not in message
+        assert 'use --overwrite to replace it' in message and '\n' not in message
     # A file that is not a verified conversion (someone's other file) is not replaced either.
     mine = tmp_path / 'mine.safetensors'
     mine.write_text('my notes')
-    with pytest.raises(UserError, match='exists and is not a verified conversion .*; pass --overwrite to replace it'):
+    with pytest.raises(UserError, match='exists and is not a verified conversion .*; use --overwrite to replace it'):
         convert.convert(b, str(mine), verbose=False)
     assert mine.read_text() == 'my notes' and out.read_bytes() == before
     monkeypatch.setattr(loading, 'load_network', real_load)

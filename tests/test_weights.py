@@ -269,8 +269,22 @@ def test_unknown_vae_is_refused_unless_passed_explicitly(tmp_path):
     pkl = save_network_pickle(tmp_path / 'known.pkl', net, encoders.StabilityVAEEncoder())
     convert.convert(pkl, str(tmp_path / 'known.safetensors'), verbose=False)
     assert load_network(str(tmp_path / 'known.safetensors'))[1].vae_name == 'stabilityai/sd-vae-ft-mse'
-    # The explicit choice also replaces a pickle's own name, and is refused where no VAE is used.
+    # The explicit choice also replaces a pickle's own name.
     assert load_network(pkl, vae='my/vae')[1].vae_name == 'my/vae'
+
+def test_load_networks_passes_the_explicit_vae_to_the_main_net_only(tmp_path, monkeypatch):
+    from edmguide import loading
+    from training import encoders
+    initialized = []
+    monkeypatch.setattr(loading, 'init_encoder', lambda encoder, device, batch_size=None: initialized.append(encoder))
+    net = make_tiny_net(10, 4, img_channels=4)
+    pkl = save_network_pickle(tmp_path / 'other.pkl', net, encoders.StabilityVAEEncoder(vae_name='someone/other-vae'))
+    st = str(tmp_path / 'other.safetensors')
+    convert.convert(pkl, st, verbose=False)
+    with pytest.raises(UserError, match="encoder names the VAE 'someone/other-vae'"):
+        loading.load_networks(st, None, 'cpu')
+    _, encoder, gnet = loading.load_networks(st, st, 'cpu', vae='local/vae-folder')  # the guide's VAE is not checked
+    assert encoder.vae_name == 'local/vae-folder' and initialized == [encoder] and gnet is not None
 
 def test_vae_given_for_a_pixel_space_net_is_one_line(good, tmp_path):
     path = tmp_path / 'rgb.safetensors'
