@@ -8,6 +8,8 @@ project's module of the same role, without running anything (text and `ast` only
 far they agree:
 
 - `identical`: the same text (pickles written by this project);
+- `upstream`: the text of NVIDIA's released file (`KNOWN_UPSTREAM`, matched by normalised sha256),
+  the one this project re-implements from the spec;
 - `same-interface`: the same classes and module functions, namely those of the pickled objects
   and, transitively, every module-level function or class their code names (helpers that the
   network does not use, such as training functions, are left out), with the same decorators and
@@ -21,6 +23,26 @@ far they agree:
 
 import ast
 import hashlib
+
+# sha256 of `normalised(text)` of the files this project re-implements, as published in
+# github.com/NVlabs/edm2 (every version of each file in that repository's history; computed from
+# the repository, no code of it is kept here). Their interfaces compare as `same-interface`.
+KNOWN_UPSTREAM = {
+    '7298880db4bf955d2941496cce3a554a970867b3eae4d22276cb1c293c131fa2':
+        'NVlabs/edm2 training/networks_edm2.py (commits d8299d3 and 52b98e1, identical)',
+    '02fc9c190d3d1dc879c00db15c761e1d87fc887770076c43a8556caa4b3c06bf':
+        'NVlabs/edm2 training/encoders.py (commit d8299d3, initial release)',
+    '889cd0f7f0c59beaa373f928f5aa5e83c1865595e330a32eca8daa810afba50c':
+        'NVlabs/edm2 training/encoders.py (commit 52b98e1)',
+}
+
+def normalised(src):
+    """Text with line endings as '\\n', no trailing spaces and exactly one final newline."""
+    lines = [line.rstrip() for line in src.replace('\r\n', '\n').replace('\r', '\n').split('\n')]
+    return '\n'.join(lines).rstrip('\n') + '\n'
+
+def normalised_sha256(src):
+    return hashlib.sha256(normalised(src).encode('utf-8')).hexdigest()
 
 #----------------------------------------------------------------------------
 # Outline of a module's source: its public interface as comparable data.
@@ -132,6 +154,8 @@ def compare_source(embedded, ours, roots):
     over the classes `roots` and what they use (`reachable`)."""
     if embedded == ours:
         return 'identical', None
+    if normalised_sha256(embedded) in KNOWN_UPSTREAM:
+        return 'upstream', None
     try:
         theirs = reachable(outline(embedded), roots)
     except (SyntaxError, ValueError) as exc:
@@ -162,7 +186,7 @@ def check(obj, our_class, module_name):
     ours = our_class._orig_module_src
     sources = embedded_sources([obj])
     if not sources:
-        return dict(module=module_name, classes=[], sha256=None, match='by-reference', difference=None)
+        return dict(module=module_name, classes=[], sha256=None, match='by-reference', difference=None, upstream=None)
     results = [(src, names) + compare_source(src, ours, names) for src, names in sources.items()]
     worst = next((r for r in results if r[2] == 'different'), None) or \
             next((r for r in results if r[2] == 'same-interface'), results[0])
@@ -170,13 +194,17 @@ def check(obj, our_class, module_name):
     if len(results) > 1:
         match, difference = 'different', difference or f'its classes come from {len(results)} different sources'
     return dict(module=module_name, classes=sorted({n for r in results for n in r[1]}),
-                sha256=hashlib.sha256(src.encode('utf-8')).hexdigest(), match=match, difference=difference)
+                sha256=hashlib.sha256(src.encode('utf-8')).hexdigest(), match=match, difference=difference,
+                upstream=KNOWN_UPSTREAM.get(normalised_sha256(src)) if match == 'upstream' else None)
 
 def describe(entry):
     """One line for the converter's report."""
     where = f"the pickle's {entry['module']} source"
     if entry['match'] == 'identical':
         return f'code: {where} is identical to this project\'s'
+    if entry['match'] == 'upstream':
+        return (f'code: {where} is {entry["upstream"]}, the code this project re-implements '
+                f'(the outputs above are verified on the CPU in float32 only)')
     if entry['match'] == 'by-reference':
         return f'code: the pickle carries no source for {entry["module"]}; this project\'s code ran'
     if entry['match'] == 'same-interface':

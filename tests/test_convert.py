@@ -256,7 +256,7 @@ def test_metadata_records_that_our_own_pickles_embed_our_source(converted):
         ours = hashlib.sha256(f.read().encode('utf-8')).hexdigest()
     code = _code(converted['cond'][1])
     assert code[0] == dict(module='training.networks_edm2', classes=['Block', 'MPConv', 'MPFourier', 'Precond', 'UNet'],
-                           sha256=ours, match='identical', difference=None)
+                           sha256=ours, match='identical', difference=None, upstream=None)
     assert code[1]['module'] == 'training.encoders' and code[1]['match'] == 'identical'
 
 @pytest.mark.parametrize('edit,match,difference', [
@@ -283,6 +283,25 @@ def test_embedded_source_is_compared_recorded_and_reported(tmp_path, capsys, edi
         assert entry['difference'] == difference
         assert "warning: the pickle's training.networks_edm2 source is not the one this project re-implements" in out
         assert entry['difference'] in out and 'on CUDA (float16 with use_fp16) they may differ' in out
+
+def test_known_upstream_text_is_recognised_by_its_normalised_digest(tmp_path, capsys, monkeypatch):
+    """NVIDIA's files are not part of this project, so a stand-in text plays the released file: its
+    digest after normalisation (line endings, trailing spaces, final newlines) is registered."""
+    import hashlib
+    from edmguide import embedded_source
+    released = '# released\n' + networks_edm2.Precond._orig_module_src
+    normal = '\n'.join(line.rstrip() for line in released.split('\n')).rstrip('\n') + '\n'
+    monkeypatch.setitem(embedded_source.KNOWN_UPSTREAM, hashlib.sha256(normal.encode()).hexdigest(), 'the release')
+    # The same text with CRLF line ends, trailing spaces and extra final newlines is still the release.
+    spelled = released.replace('\n', '  \r\n') + '\r\n\r\n'
+    pkl = _pickle_with_source(tmp_path / 'release.pkl', lambda s: spelled)
+    convert.convert(pkl, str(tmp_path / 'release.safetensors'))
+    entry = _code(str(tmp_path / 'release.safetensors'))[0]
+    assert entry['match'] == 'upstream' and entry['upstream'] == 'the release' and entry['difference'] is None
+    assert "code: the pickle's training.networks_edm2 source is the release, the code this project re-implements" \
+        in capsys.readouterr().out
+    assert embedded_source.compare_source(released.replace('0.596', '0.597'), networks_edm2.Precond._orig_module_src,
+                                          ['Precond']) == ('same-interface', None)   # one character off: not the release
 
 def test_source_comparison_treats_defaults_as_values():
     from edmguide import embedded_source
