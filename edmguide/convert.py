@@ -283,12 +283,14 @@ def convert(src, dest, *, overwrite=False, verbose=True):
     return summary
 
 def _report_code(code, encoder):
+    """The code check's lines (stdout; a `warning:` on stderr) and a warning for an unknown VAE."""
     for entry in code:
-        print(embedded_source.describe(entry))
+        line = embedded_source.describe(entry)
+        print(line, file=sys.stderr if line.startswith('warning:') else sys.stdout)
     vae_name = getattr(encoder, 'vae_name', None)
     if vae_name is not None and vae_name not in weights.KNOWN_VAE_NAMES:
         print(f'warning: the encoder names the VAE {vae_name!r}, not one EDM2 uses; loading the file will '
-              f'need that VAE passed explicitly')
+              f'need that VAE passed explicitly', file=sys.stderr)
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.argument('src', metavar='IN.pkl')

@@ -275,14 +275,15 @@ def test_embedded_source_is_compared_recorded_and_reported(tmp_path, capsys, edi
     convert.convert(pkl, st)   # the outputs still verify: these differences do not show on the CPU
     entry = _code(st)[0]
     assert entry['module'] == 'training.networks_edm2' and entry['match'] == match
-    out = capsys.readouterr().out
+    printed = capsys.readouterr()
     if difference is None:
-        assert entry['difference'] is None and 'differs in text from this project\'s but has the same classes' in out
-        assert 'not on CUDA' in out
+        assert entry['difference'] is None and 'differs in text from this project\'s but has the same classes' in printed.out
+        assert 'not on CUDA' in printed.out
     else:
         assert entry['difference'] == difference
-        assert "warning: the pickle's training.networks_edm2 source is not the one this project re-implements" in out
-        assert entry['difference'] in out and 'on CUDA (float16 with use_fp16) they may differ' in out
+        err = printed.err
+        assert "warning: the pickle's training.networks_edm2 source is not the one this project re-implements" in err
+        assert entry['difference'] in err and 'on CUDA (float16 with use_fp16) they may differ' in err
 
 def test_known_upstream_text_is_recognised_by_its_normalised_digest(tmp_path, capsys, monkeypatch):
     """NVIDIA's files are not part of this project, so a stand-in text plays the released file: its

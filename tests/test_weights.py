@@ -253,14 +253,15 @@ def test_edited_digest_table_or_missing_digests_are_refused(full, tmp_path):
 #----------------------------------------------------------------------------
 # The VAE a file names: known ones only, unless the caller passes the VAE explicitly.
 
-def test_unknown_vae_is_refused_unless_passed_explicitly(tmp_path):
+def test_unknown_vae_is_refused_unless_passed_explicitly(tmp_path, capsys):
     from training import encoders
     net = make_tiny_net(10, 4, img_channels=4)
     for how, encoder in [('keyword', encoders.StabilityVAEEncoder(vae_name='someone/other-vae')),
                          ('positional', encoders.StabilityVAEEncoder('someone/other-vae'))]:
         pkl = save_network_pickle(tmp_path / f'{how}.pkl', net, encoder)
         st = str(tmp_path / f'{how}.safetensors')
-        convert.convert(pkl, st, verbose=False)
+        convert.convert(pkl, st)
+        assert "warning: the encoder names the VAE 'someone/other-vae', not one EDM2 uses" in capsys.readouterr().err
         assert_one_line(st, "encoder names the VAE 'someone/other-vae'", 'not one EDM2 uses',
                         'stabilityai/sd-vae-ft-mse', 'pass the VAE explicitly')
         assert load_network(st, vae='someone/other-vae')[1].vae_name == 'someone/other-vae'
