@@ -22,8 +22,8 @@ the JSON object, dotted path such as `net.init_kwargs.sigma_data`; a list counts
 a digest of its path and value, and `metadata_sha256` is the sha256 of the whole object without
 itself, so of every field, the weight hash and the field table. Every field is covered, not only
 those that change the computed function (`net`: class, constructor arguments, sigma range, which
-fix the architecture and what it computes, e.g. `sigma_data`, `use_fp16`, `dropout`,
-`logvar_channels`; `encoder`: class and settings, VAE name and latent scaling included;
+fix the architecture and what it computes, e.g. `sigma_data`, `logvar_channels`,
+`model_channels`, `use_fp16` (float16 on CUDA), `dropout` (in training mode); `encoder`: class and settings, VAE name and latent scaling included;
 `weights_sha256`), because the provenance fields (`source`, `code`, `torch_version`, `format*`)
 are claims a reader relies on as well. An edited field is refused naming that field; an added or
 removed one likewise. These are digests, not signatures: they catch edits, corruption and files
