@@ -92,6 +92,7 @@ def test_shipped_demo_safetensors_match_the_shipped_pickles():
         net_p, _ = loading.load_network(os.path.join(presets.DEMO_DIR, f'digits-{name}.pkl'))
         net_s, _ = loading.load_network(presets.DEMO_FILES[name])
         assert _state_equal(net_p, net_s)
+        convert.check_structure(net_p, net_s, name)   # every plain attribute too (sigma_data, use_fp16, ...)
 
 def test_edm_v1_style_wrapper_keeps_its_sigma_range_and_vae_encoder(tmp_path):
     """EDM v1 / guidance-interval layout: plain dict, augment_pipe None, a net with its own sigma range."""
