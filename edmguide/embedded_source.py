@@ -158,7 +158,7 @@ def compare_source(embedded, ours, roots):
         return 'upstream', None
     try:
         theirs = reachable(outline(embedded), roots)
-    except (SyntaxError, ValueError) as exc:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         return 'different', f'its source cannot be parsed ({type(exc).__name__})'
     missing = [r for r in roots if r not in theirs]
     if missing:
