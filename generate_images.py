@@ -21,23 +21,53 @@ import click  # noqa: E402
 
 from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.outputs import check_output_dir  # noqa: E402
+from edmguide.outputs import check_output_dir, claim_image_folder  # noqa: E402
+
+
+def seed_folder_settings(net, gnet, guidance, guidance_interval, guidance_sigma, class_idx, max_batch_size,
+                         numerics, sampler_kwargs):
+    """What decides the pixels of seed mode's PNGs (recorded in `<outdir>/settings.json`): the
+    networks as named, w and where it applies, class, batch size (it fixes the batch shapes),
+    numerics and sampler options. Not the seeds: more seeds of the same settings may join a folder."""
+    guided = guidance is not None and guidance != 1
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return 'inf' if value == float('inf') else value
+    return dict(net=str(net), gnet=str(gnet) if guided else None, guidance=float(guidance) if guided else 1.0,
+                guidance_interval=plain(guidance_interval) if guided else None,
+                guidance_sigma=plain(guidance_sigma) if guided else None, class_idx=class_idx,
+                batch=max_batch_size, numerics=numerics, **{k: plain(v) for k, v in sorted(sampler_kwargs.items())})
 
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
-                         subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
-    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+                         subdirs=False, numerics='edm2', device=None, verbose=False, overwrite=False,
+                         **sampler_kwargs):
+    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths.
+
+    `outdir` records the settings that made its images (`outputs.claim_image_folder`): a rerun
+    with the same settings rewrites its seeds (identically), other settings are refused unless
+    `overwrite`, which deletes the folder's seed images first."""
     from edmguide import images as imagelib, loading, seeds as seedlib
     from edmguide.generation import build_guidance, generate_batches, pick_device
     from edmguide.progress import progress_bar
     from edmguide.sampling import check_sampler_kwargs
     from torch_utils import distributed as dist
+    from edmguide.guidance import check_weight
     check_sampler_kwargs(sampler_kwargs)
+    if guidance is not None:
+        check_weight(guidance)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
+    settings = seed_folder_settings(net, gnet, guidance, guidance_interval, guidance_sigma, class_idx, max_batch_size,
+                                    numerics, sampler_kwargs)
+    removed = claim_image_folder(outdir, settings, overwrite=overwrite, write=dist.get_rank() == 0)
+    if removed:
+        dist.print0(f'--overwrite: deleted {removed} images of other settings in "{outdir}"')
+    dist.barrier()  # no rank writes an image before rank 0 has claimed the folder
     gnet = gnet if (guidance is not None and guidance != 1) else None
     net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
     schedule = build_guidance(guidance, interval=guidance_interval, sigma_range=guidance_sigma, net=net, mode=numerics,
@@ -199,6 +229,8 @@ def _refuse_unused(given, used, mode):
               multiple=True)
 @click.option('--negative_prompt', help='SD-XL mode: prompt of the guiding (unconditional) branch', metavar='TEXT',
               default='', show_default=True)
+@click.option('--overwrite', help='Seed mode: delete the images of other settings in --outdir and start over',
+              is_flag=True)
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
@@ -224,7 +256,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
                 raise UserError('--prompt given more than once: only --figs takes several prompts')
-            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
             from edmguide.sampling import OPTION_KEYS
             sampler = {k: v for k, v in opts.items() if k in OPTION_KEYS and k in given}  # others: SD-XL defaults
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
@@ -245,7 +277,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         from edmguide import presets
         from edmguide.seeds import parse_seed_list
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+        interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
         if preset is not None:
             chosen = presets.get_preset(preset)

@@ -41,7 +41,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     path under 'path'."""
     from edmguide import loading
     from edmguide.generation import build_guidance, pick_device
-    from edmguide.guidance import method_tag
+    from edmguide.guidance import check_weight, method_tag
     from edmguide.outputs import check_output_dir
     from edmguide.sampling import check_sampler_kwargs
     from edmguide.zipdump import dump_zip, zip_file_name
@@ -50,6 +50,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
         raise UserError('--num_images must be at least 1')
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise UserError(f'--seed={seed}: seeds are non-negative integers')
+    check_weight(guidance_scale, '--guidance_scale')
     check_sampler_kwargs(sampler_kwargs)
     device = pick_device(device)
     check_output_dir(zip_dir, '--zip_dir')  # before any network is loaded
@@ -100,7 +101,8 @@ def main(guidance_interval, guidance_sigma, **kwargs):
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(explicit_interval, guidance_sigma)
+        interval, sigma_range = cli.parse_guidance_options(explicit_interval, guidance_sigma, kwargs['guidance_scale'],
+                                                           '--guidance_scale')
         dist.init()
         generate_zip(guidance_interval=interval, guidance_sigma=sigma_range, **kwargs)
     run_cli(work, resume_hint=RESUME_HINT)

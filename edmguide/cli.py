@@ -4,7 +4,7 @@ Only parsing and validation live here; the work is done by library functions. Th
 nothing heavy (no torch), so that `--help` and option errors answer at once.
 
 One voice: every error a script prints is one `error: <message>` line on stderr, option errors
-included (`Command`/`Group` print click's usage errors in that form, after the usage line).
+included (`Command`/`Group` print click's usage errors in that form, and nothing else).
 """
 
 import functools
@@ -22,9 +22,12 @@ PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python cod
                '(README: "Weights without code").')
 
 
-def parse_guidance_options(interval_text, sigma_text):
-    """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None)."""
-    from edmguide.guidance import parse_interval, parse_sigma_range
+def parse_guidance_options(interval_text, sigma_text, weight=None, weight_option='--guidance'):
+    """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None);
+    the guidance weight, if given, is checked with them (`guidance.check_weight`), before any work."""
+    from edmguide.guidance import check_weight, parse_interval, parse_sigma_range
+    if weight is not None:
+        check_weight(weight, weight_option)
     interval = parse_interval(interval_text) if interval_text is not None else None
     sigma_range = parse_sigma_range(sigma_text) if sigma_text is not None else None
     if interval is not None and sigma_range is not None:
@@ -68,12 +71,12 @@ def sampler_options(func):
 
 
 def show_click_error(exc):
-    """A click option/usage error as this project prints errors: usage hint, then `error: <message>`."""
+    """A click option/usage error as this project prints every error: one `error: <message>` line
+    (naming the command's --help), instead of click's usage line, hint line and message."""
     ctx = getattr(exc, 'ctx', None)
-    if ctx is not None:
-        click.echo(ctx.get_usage(), err=True)
-        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
-    click.echo(f'error: {exc.format_message()}', err=True)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ''
+    message = ' '.join(exc.format_message().split())  # click may wrap a message over lines
+    click.echo(f'error: {message}{hint}', err=True)
 
 
 class _OneVoice:
