@@ -33,7 +33,9 @@ def seed_folder_settings(net, gnet, guidance, guidance_interval, guidance_sigma,
     def plain(value):
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
-        return 'inf' if value == float('inf') else value
+        if value == float('inf'):
+            return 'inf'
+        return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)  # e.g. a dtype
     return dict(net=str(net), gnet=str(gnet) if guided else None, guidance=float(guidance) if guided else 1.0,
                 guidance_interval=plain(guidance_interval) if guided else None,
                 guidance_sigma=plain(guidance_sigma) if guided else None, class_idx=class_idx,

@@ -71,12 +71,10 @@ def sampler_options(func):
 
 
 def show_click_error(exc):
-    """A click option/usage error as this project prints every error: one `error: <message>` line
-    (naming the command's --help), instead of click's usage line, hint line and message."""
-    ctx = getattr(exc, 'ctx', None)
-    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ''
+    """A click option/usage error as this project prints every error: one `error: <message>` line,
+    instead of click's usage line, `Try --help` line and message."""
     message = ' '.join(exc.format_message().split())  # click may wrap a message over lines
-    click.echo(f'error: {message}{hint}', err=True)
+    click.echo(f'error: {message}', err=True)
 
 
 class _OneVoice:

@@ -214,7 +214,7 @@ def missing_reference_message(ref, name, ref_path):
     if detectors.metric_kind(name) == 'pr':
         return (f'{ref_path}: no reference features for metric "{name}" (it has: {have}); make a reference '
                 f'with them: python calculate_metrics.py ref --data=DATASET --dest=REF.pkl --metrics={name}')
-    return f'{ref_path}: no mu/sigma statistics for metric "{name}" (it has: {have})'
+    return f'{ref_path}: no statistics for metric "{name}" (it has: {have})'
 
 def resolve_metrics(requested, ref, ref_path):
     """Metrics to compute: those asked for (each must be in the reference), or by default the
