@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from edmguide import cli  # noqa: E402
 from edmguide.errors import run_cli  # noqa: E402
 
 WHATS = ['cond', 'uncond', 'bad', 'features', 'ref', 'convert', 'all']
@@ -60,7 +61,7 @@ def train_demo(what, outdir, seed=0, threads=1, overwrite=False):
         print(f'{item}: done in {time.time() - start:.0f}s', flush=True)
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--what', type=click.Choice(WHATS), default='all', show_default=True, help='What to train')
 @click.option('--outdir', type=str, default='edmguide/demo/assets', show_default=True, help='Output folder')
 @click.option('--seed', type=int, default=0, show_default=True, help='Random seed')

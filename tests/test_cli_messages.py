@@ -78,6 +78,10 @@ def test_mistyped_subcommand_is_named_with_the_valid_ones():
     ('generate_zip.py', ['--cond_pkl=x.pkl', '--num_images=zero']),
     ('calculate_metrics.py', ['calc', '--images=x', '--ref=y', '--num=1']),
     ('calculate_metrics.py', ['--gen_zip=x.zip']),  # a required option missing
+    ('scripts/train_demo.py', ['--what=nothing']),
+    ('scripts/toy_figures.py', ['--no_such_option']),
+    ('scripts/demo_sweep.py', ['--no_such_option']),
+    ('scripts/demo_precision_recall.py', ['--no_such_option']),
 ])
 def test_option_errors_are_exactly_one_error_line(script, args):
     result = run_script(script, args, timeout=60)
