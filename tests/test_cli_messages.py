@@ -99,6 +99,8 @@ def test_num_images_is_an_alias_of_num_in_calc_and_gen(cache, tmp_path, tiny_pic
     by_num = invoke(calculate_metrics.edm2_cli, calc + ['--num', '4'])
     by_alias = invoke(calculate_metrics.edm2_cli, calc + ['--num_images', '4'])
     assert by_num.exit_code == 0 and by_num.stdout == by_alias.stdout, by_alias.output
+    sweep_help = invoke(calculate_metrics.edm2_cli, ['sweep', '--help'])  # the sweep shares gen's options
+    assert "--num, --num_images" in sweep_help.output
     gen = ['gen', '--net', tiny_pickles['uncond'], '--ref', ref, '--steps', '2']
     assert invoke(calculate_metrics.edm2_cli, gen + ['--num', '2']).stdout == \
         invoke(calculate_metrics.edm2_cli, gen + ['--num_images', '2']).stdout
