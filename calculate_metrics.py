@@ -125,7 +125,7 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @threads.threads_option
 def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device, overwrite):
     """Reference statistics (and precision/recall features) of a dataset, saved as a pickle (or .npz without pickle)."""
-    from edmguide.metrics import detectors, pipeline
+    from edmguide.metrics import pipeline
     from torch_utils import distributed as dist
     _init_distributed()
     run_cli(lambda: pipeline.make_reference(
