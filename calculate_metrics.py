@@ -44,8 +44,8 @@ def print_results(results):
             print(f'{name} = {value:g}')
 
 def parse_metrics_option(text):
-    from edmguide.metrics import detectors
-    return None if text is None else detectors.parse_metric_list(text)
+    from edmguide.metrics import kinds
+    return None if text is None else kinds.metric_list(text)
 
 def _init_distributed():
     """Join the process group under torchrun (nothing in a single process)."""
@@ -70,17 +70,19 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
     from edmguide.metrics import detectors, pipeline
+    names = []  # the metric as kinds.metric_list reads it (spaces dropped), set by job()
 
     def report(results):
-        if detectors.metric_kind(metric) == 'frechet':
-            print(f'{detectors.metric_label(metric)} = {results[metric]:.2f}', flush=True)
+        if detectors.metric_kind(names[0]) == 'frechet':
+            print(f'{detectors.metric_label(names[0])} = {results[names[0]]:.2f}', flush=True)
         else:  # shares in [0, 1]: three decimals, as papers report them
             for name, value in results.items():
                 print(f'{name.capitalize()} = {value:.3f}', flush=True)
 
     def job():
+        names.append(pipeline.single_metric(metric))
         _init_distributed()  # under torchrun the ranks share the images; rank 0 prints and appends once
-        return pipeline.gi_calculate_metric(gen_zip, ref_path, metric=metric, results_dir=results_dir,
+        return pipeline.gi_calculate_metric(gen_zip, ref_path, metric=names[0], results_dir=results_dir,
                                             batch_size=batch_size, device=device, report=report)
     run_cli(job)
 
@@ -95,7 +97,7 @@ def edm2_cli():
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
 @click.option('--metrics', help=metrics_help, type=str, default=None)
-@click.option('--num', 'num_images', help='Number of images to use', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--num', '--num_images', 'num_images', help='Number of images to use', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
@@ -118,16 +120,18 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @click.option('--seed', help='Random seed for choosing the precision/recall subset', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
+@click.option('--overwrite', help='Replace an existing --dest file', is_flag=True)
 @device_option
 @threads.threads_option
-def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device):
+def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device, overwrite):
     """Reference statistics (and precision/recall features) of a dataset, saved as a pickle (or .npz without pickle)."""
-    from edmguide.metrics import detectors, pipeline
+    from edmguide.metrics import pipeline
     from torch_utils import distributed as dist
     _init_distributed()
     run_cli(lambda: pipeline.make_reference(
-        image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images))
+        image_path, dest_path, parse_metrics_option(metrics), max_batch_size=max_batch_size,
+        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images,
+        overwrite=overwrite))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
@@ -140,7 +144,7 @@ def generation_options(func):
         click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None),
         click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True),
         click.option('--metrics', help=metrics_help, type=str, default=None),
-        click.option('--num', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
+        click.option('--num', '--num_images', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
         click.option('--seed', help='First random seed', type=int, default=0, show_default=True),
         click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True),
     ]
@@ -160,7 +164,7 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
     from edmguide.metrics import pipeline
     _init_distributed()
     def job():
-        interval = parse_guidance_options(guidance_interval, guidance_sigma)
+        interval = parse_guidance_options(guidance_interval, guidance_sigma, guidance)
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
             interval=interval, sampler=sampler.replace(mode=mode), num_images=num_images, seed=seed,
@@ -189,6 +193,11 @@ def sweep(mode, sampler, **kwargs):
 def main(argv=None):
     """Dispatch: a first argument calc/gen/ref/sweep selects the EDM2 group, anything else the GI form."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith('-') and argv[0] not in SUBCOMMANDS:
+        # Not an option, so not the guidance-interval form either: a mistyped subcommand.
+        click.echo(f'error: no such subcommand "{argv[0]}"; the subcommands are {", ".join(SUBCOMMANDS)} '
+                   f'(or the guidance-interval form: calculate_metrics.py --gen_zip=ZIP --ref_path=REF)', err=True)
+        sys.exit(2)
     if argv and argv[0] in SUBCOMMANDS:
         edm2_cli.main(args=argv, prog_name='calculate_metrics.py')
     else:

@@ -21,16 +21,30 @@ import click  # noqa: E402
 
 from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.outputs import check_output_dir  # noqa: E402
+from edmguide.outputs import check_output_dir, claim_image_folder  # noqa: E402
+
+
+def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler):
+    """What decides the pixels of seed mode's PNGs (recorded in `<outdir>/settings.json`): the
+    networks as named, w and where it applies, class, batch size (it fixes the batch shapes) and
+    every sampler option. Not the seeds: more seeds of the same settings may join a folder."""
+    guided = guidance is not None and guidance != 1
+    classes = list(class_idx) if isinstance(class_idx, (list, tuple)) else class_idx
+    return dict(net=str(net), gnet=str(gnet) if guided else None, guidance=float(guidance) if guided else 1.0,
+                interval=interval.as_data() if guided and interval is not None else ('all' if guided else None),
+                class_idx=classes, batch=max_batch_size, **sampler.as_record())
 
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None, sampler=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
-                         subdirs=False, device=None, verbose=False):
+                         subdirs=False, device=None, verbose=False, overwrite=False):
     """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths.
 
     `guidance`: the weight; `interval`: a `guidance.Interval` (None: every step); `sampler`: the
-    `schedule.SamplerOptions` (None: the defaults, 'edm2' numerics)."""
+    `schedule.SamplerOptions` (None: the defaults, 'edm2' numerics).
+    `outdir` records the settings that made its images (`outputs.claim_image_folder`): a rerun
+    with the same settings rewrites its seeds (identically), other settings are refused unless
+    `overwrite`, which deletes the folder's seed images first."""
     from edmguide import images as imagelib, loading, seeds as seedlib
     from edmguide.generation import generate_batches, pick_device, resolve_guidance
     from edmguide.progress import progress_bar
@@ -42,6 +56,11 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
+    settings = seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler)
+    removed = claim_image_folder(outdir, settings, overwrite=overwrite, write=dist.get_rank() == 0)
+    if removed:
+        dist.print0(f'--overwrite: deleted {removed} images of other settings in "{outdir}"')
+    dist.barrier()  # no rank writes an image before rank 0 has claimed the folder
     gnet = gnet if (guidance is not None and guidance != 1) else None
     net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
     schedule = sampler.schedule(net, device=device)
@@ -206,6 +225,8 @@ def _refuse_unused(given, used, mode):
               multiple=True)
 @click.option('--negative_prompt', help='SD-XL mode: prompt of the guiding (unconditional) branch', metavar='TEXT',
               default='', show_default=True)
+@click.option('--overwrite', help='Seed mode: delete the images of other settings in --outdir and start over',
+              is_flag=True)
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
@@ -232,7 +253,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             if len(prompt) > 1:
                 raise UserError('--prompt given more than once: only --figs takes several prompts')
             from edmguide import sdxl as sdxl_lib
-            interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma)
+            interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
                         if guidance_interval is not None or guidance_sigma is not None else None)
             fields = {k: getattr(sampler, k) for k in cli.SAMPLER_FIELDS if k in given}  # others: SD-XL defaults
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
@@ -254,7 +275,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         from edmguide import presets
         from edmguide.seeds import parse_seed_list
         from torch_utils import distributed as dist
-        interval = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
         if preset is not None:
             chosen = presets.get_preset(preset)

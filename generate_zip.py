@@ -95,7 +95,8 @@ def main(guidance_interval, guidance_sigma, numerics, sampler, **kwargs):
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
         from torch_utils import distributed as dist
-        interval = cli.parse_guidance_options(explicit_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(explicit_interval, guidance_sigma, kwargs['guidance_scale'],
+                                              '--guidance_scale')
         dist.init()
         generate_zip(interval=interval, sampler=sampler.replace(mode=numerics), **kwargs)
     run_cli(work, resume_hint=RESUME_HINT)

@@ -4,7 +4,7 @@ Only parsing and validation live here; the work is done by library functions. Th
 nothing heavy (no torch), so that `--help` and option errors answer at once.
 
 One voice: every error a script prints is one `error: <message>` line on stderr, option errors
-included (`Command`/`Group` print click's usage errors in that form, after the usage line).
+included (`Command`/`Group` print click's usage errors in that form, and nothing else).
 """
 
 import functools
@@ -25,9 +25,12 @@ PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python cod
 SAMPLER_FIELDS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
 
 
-def parse_guidance_options(interval_text, sigma_text):
-    """(--guidance_interval, --guidance_sigma) strings -> one `guidance.Interval` (every step if neither)."""
-    from edmguide.guidance import Interval
+def parse_guidance_options(interval_text, sigma_text, weight=None, weight_option='--guidance'):
+    """(--guidance_interval, --guidance_sigma) strings -> one `guidance.Interval` (every step if
+    neither); the guidance weight, if given, is checked with them (`guidance.check_weight`), before any work."""
+    from edmguide.guidance import Interval, check_weight
+    if weight is not None:
+        check_weight(weight, weight_option)
     return Interval.from_options(interval_text, sigma_text)
 
 
@@ -69,12 +72,10 @@ def sampler_options(func):
 
 
 def show_click_error(exc):
-    """A click option/usage error as this project prints errors: usage hint, then `error: <message>`."""
-    ctx = getattr(exc, 'ctx', None)
-    if ctx is not None:
-        click.echo(ctx.get_usage(), err=True)
-        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
-    click.echo(f'error: {exc.format_message()}', err=True)
+    """A click option/usage error as this project prints every error: one `error: <message>` line,
+    instead of click's usage line, `Try --help` line and message."""
+    message = ' '.join(exc.format_message().split())  # click may wrap a message over lines
+    click.echo(f'error: {message}', err=True)
 
 
 class _OneVoice:

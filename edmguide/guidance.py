@@ -22,6 +22,23 @@ import re
 from edmguide.errors import UserError
 
 #----------------------------------------------------------------------------
+# The weight.
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+def check_weight(w, option='--guidance'):
+    """Refuse a guidance weight the sampler cannot use: not a number, infinite, or beyond float32's
+    range (the 'edm2' sampler computes in float32, where 1e39 is infinity; the same limit holds for
+    every mode so that a setting never works in one and fails in the other). Returns w as a float."""
+    try:
+        value = float(w)
+    except (TypeError, ValueError):
+        raise UserError(f'{option}={w!r}: not a number') from None
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise UserError(f'{option}={w!r}: need a finite weight within float32 range (|w| <= {FLOAT32_MAX:.4g})')
+    return value
+
+#----------------------------------------------------------------------------
 # The schedule.
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +56,7 @@ class GuidanceSchedule:
                 raise UserError(f'guidance segment {seg!r} is not (sigma_lo, sigma_hi, w)')
             lo, hi, w = (float(v) for v in seg)
             _check_range(lo, hi)
-            if not math.isfinite(w):
-                raise UserError(f'guidance weight must be finite, got {w}')
+            check_weight(w)
             segs.append((lo, hi, w))
         segs.sort(key=lambda s: -s[1])
         for (lo_a, _hi_a, _), (_lo_b, hi_b, _) in zip(segs, segs[1:]):

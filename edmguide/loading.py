@@ -60,6 +60,8 @@ def _open_download(name, *, cache=True, verbose=False):
     """Local filename of a path or URL (downloaded into the dnnlib cache); errors are one line."""
     local = _local_path(name)
     if local is not None:
+        if os.path.isdir(local):
+            raise UserError(f'{name}: is a directory; give the network file inside it (.pkl or .safetensors)')
         if not os.path.isfile(local):
             raise UserError(f'{name}: no such file')
         return local

@@ -18,7 +18,7 @@ import math
 import torch
 
 from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule, Interval
+from edmguide.guidance import GuidanceSchedule, Interval, check_weight
 
 MODES = ('edm2', 'gi')
 MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
@@ -160,14 +160,9 @@ class SamplerOptions:
         return out
 
     def check_weight(self, weight, what=None):
-        """A guidance weight must be a finite number, also in the working dtype (float32 overflows
-        at 3.4e38, and w * D would be infinite); one `error:` line naming `what` otherwise."""
-        what = what or 'guidance weight'
-        finfo = torch.finfo(self.working_dtype)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
-                or abs(weight) > finfo.max:
-            raise UserError(f'{what}={weight!r}: need a finite number (at most {finfo.max:.3g} in magnitude for '
-                            f'the {str(self.working_dtype).split(".")[-1]} sampler)')
+        """`guidance.check_weight`: a finite weight within float32's range, in every mode (so that a
+        setting never works in one mode and fails in another); one `error:` line naming `what`."""
+        check_weight(weight, what or '--guidance')
 
     def check_guidance(self, weight, interval=None, what=None):
         """What can be checked of a guidance setting before any network is loaded: the weight, and

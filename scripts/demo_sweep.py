@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
 from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
+from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
 from edmguide.metrics import stats as stats_lib  # noqa: E402
 
@@ -44,7 +45,7 @@ def _run(job):
     return records, summary
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--num', 'num_images', type=click.IntRange(min=2), default=500, show_default=True, help='Images per setting (weight sweeps)')
 @click.option('--weights', default='1,1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights (list or start:stop:step; 1 = no guidance)')
 @click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval curves')

@@ -372,8 +372,9 @@ def test_loading_and_sampling_never_call_pickle_torch_load_or_exec(converted, tm
 #----------------------------------------------------------------------------
 # CLI.
 
-def _pngs(folder):
-    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+def _pngs(folder):  # the images, not the folder's settings.json record (it names the net files)
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))
+            if name.endswith('.png')}
 
 def test_cli_with_safetensors_gives_bit_identical_pngs(converted, tmp_path):
     for kind, index in [('pkl', 0), ('st', 1)]:

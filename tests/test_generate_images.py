@@ -12,7 +12,9 @@ from cli_helpers import assert_one_line_error, invoke, run_script
 
 
 def _png_bytes(folder):
-    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+    """The PNGs of a folder (not its settings.json record, which names the options that made them)."""
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))
+            if name.endswith('.png')}
 
 
 def test_seed_images_identical_bytes_for_batch_sizes_1_and_5(tiny_pickles, tmp_path):

@@ -75,6 +75,25 @@ KINDS = {
                           entry_help='reference features'),
 }
 
+def metric_list(metrics):
+    """The metrics a user named, as a list: `metrics` is a comma-separated string ('fid, fd_dinov2')
+    or a sequence of names (each may hold commas too). Spaces around names and empty items are
+    dropped, and a name given twice counts once (first place kept): measuring a metric twice would
+    count every feature twice. Unknown names are a UserError, as is an empty list.
+
+    The one parser of metric lists: calc, gen, ref, sweep and the guidance-interval form use it.
+    """
+    items = [metrics] if isinstance(metrics, str) else list(metrics)
+    names = []
+    for item in items:
+        for name in str(item).split(','):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    if not names:
+        raise UserError('no metric given')
+    return detectors.check_metric_names(names)
+
 def get_kind(name):
     """The kind (EasyDict of the pieces above) of registered metric `name`."""
     return KINDS[detectors.metric_kind(name)]

@@ -18,9 +18,10 @@ import torch
 from edmguide import generation, loading, seeds as seedlib
 from edmguide.errors import UserError, with_path
 from edmguide.generation import pick_device
+from edmguide.guidance import check_weight
 from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_lib
 from edmguide.metrics.image_files import ImageFiles, collate_images
-from edmguide.outputs import check_output_dir, check_output_file
+from edmguide.outputs import check_output_dir, check_output_file, check_replaceable
 from edmguide.progress import progress_bar
 from edmguide.schedule import SamplerOptions
 from torch_utils import distributed as dist
@@ -240,6 +241,8 @@ def compute_accumulators_for_images(image_path, metrics, *, max_size=None, seed=
     returns ({metric: accumulator}, number of images)."""
     dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
     if max_size is not None and dataset.num_found < max_size:
+        if dataset.num_found < min_images:  # no --num would do: say what the set lacks
+            raise UserError(f'{image_path}: Found {dataset.num_found} images, but need at least {min_images}')
         raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}; '
                         f'use --num={dataset.num_found} (or fewer) to measure them')
     if len(dataset) < min_images:
@@ -264,9 +267,20 @@ def has_reference_entry(ref, name):
     """Whether `ref` holds what metric `name` needs (statistics or features, by the metric's kind)."""
     return name in ref and name != 'num_images' and kinds.get_kind(name).has_entry(ref[name])
 
+def describe_reference(ref):
+    """What a reference holds, entry by entry, for messages: 'fd_digits (mu/sigma), pr_digits (features)'."""
+    def what(entry):
+        if isinstance(entry, dict) and 'mu' in entry and 'sigma' in entry:
+            return 'mu/sigma'
+        if isinstance(entry, dict) and 'features' in entry:
+            return 'features'
+        return 'no statistics'
+    described = [f'{name} ({what(ref[name])})' for name in stats_lib.reference_metrics(ref)]
+    return ', '.join(described) or 'nothing'
+
 def missing_reference_message(ref, name, ref_path):
     """The one line for a metric the reference cannot serve; for features, how to make them."""
-    have = ", ".join(stats_lib.reference_metrics(ref)) or "none"
+    have = describe_reference(ref)
     if detectors.metric_kind(name) == 'pr':
         return (f'{ref_path}: no reference features for metric "{name}" (it has: {have}); make a reference '
                 f'with them: python calculate_metrics.py ref --data=DATASET --dest=REF.pkl --metrics={name}')
@@ -291,9 +305,9 @@ def resolve_metrics(requested, ref, ref_path):
                   if name in available and detectors.metric_kind(name) == 'frechet']
         if not chosen:
             raise UserError(f'{ref_path}: no statistics for any of {", ".join(DEFAULT_METRICS)} '
-                            f'(it has: {", ".join(available) or "none"})')
+                            f'(it has: {describe_reference(ref)})')
         return chosen
-    detectors.check_metric_names(requested)
+    requested = kinds.metric_list(requested)
     for name in requested:
         if not has_reference_entry(ref, name):
             raise UserError(missing_reference_message(ref, name, ref_path))
@@ -362,15 +376,19 @@ def calc_metrics_for_images(image_path, ref_path, metrics=None, *, num_images=50
     return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
 def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_size=64,
-                   num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL):
+                   num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL,
+                   overwrite=False):
     """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes).
+
+    An existing `dest_path` is replaced only with `overwrite`, and never when it is the image set itself.
 
     Precision/recall metrics store their features instead, of at most `max_pr_images` images (a
     subset drawn with `seed` as `calc` draws one); if the set is larger, they get a pass of their own.
     """
-    metrics = detectors.check_metric_names(metrics)
+    metrics = kinds.metric_list(metrics)
     device = pick_device(device, note=False)
     check_output_file(dest_path, '--dest')  # before the feature pass, not after it
+    check_replaceable(dest_path, '--dest', overwrite=overwrite, inputs={'--data': image_path})
     num_found = ImageFiles(image_path).num_found
     limited = [name for name in metrics if kinds.get_kind(name).max_ref_images is not None
                and max_pr_images is not None and num_found > max_pr_images]
@@ -410,6 +428,8 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     images as they come, never writing them. `guidance` is the weight, `interval` a
     `guidance.Interval` (None: every step), `sampler` the `SamplerOptions` (None: defaults).
     """
+    if guidance is not None:
+        check_weight(guidance)  # with the other options, before any work
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path) # fail early, before loading networks
     metrics = resolve_metrics(metrics, ref, ref_path)
@@ -429,6 +449,14 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
                                       device=device, dets=dets, progress=progress,
                                       step_images=metric_step_images(num_images, max_batch_size))
 
+def single_metric(metric):
+    """The guidance-interval form's single --metric, read by `kinds.metric_list` like every list."""
+    names = kinds.metric_list(metric)
+    if len(names) != 1:
+        raise UserError(f'--metric={metric}: the guidance-interval form computes one metric; '
+                        f'for several use: calculate_metrics.py calc --metrics={",".join(names)}')
+    return names[0]
+
 def gi_result_name(gen_zip):
     """The 'gen_zip' field of guidance-interval's jsonl: basename cut at the first '.zip'."""
     return os.path.basename(os.path.normpath(gen_zip)).split('.zip')[0]
@@ -447,7 +475,7 @@ def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results'
     pipeline for square images). Statistics are float64 throughout; upstream's float32 mean differs
     from it only by float32 round-off.
     """
-    detectors.check_metric_names([metric])
+    metric = single_metric(metric)
     check_output_dir(results_dir, '--results_dir')
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path)

@@ -187,8 +187,13 @@ def flatten_stats(stats):
     return flat
 
 def unflatten_stats(arrays):
-    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}."""
-    if not any('.' in key for key in arrays) and {'mu', 'sigma'} <= set(arrays):
+    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}.
+    An EDM v1 file with one of the two arrays but not the other is a UserError naming the missing one."""
+    if not any('.' in key for key in arrays) and {'mu', 'sigma'} & set(arrays):
+        missing = sorted({'mu', 'sigma'} - set(arrays))
+        if missing:
+            raise UserError(f'EDM v1-style statistics with "{({"mu", "sigma"} - set(missing)).pop()}" '
+                            f'but no "{missing[0]}" array')
         return {'fid': dict(arrays)}
     stats = {}
     for key, array in arrays.items():
