@@ -39,7 +39,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
-    from edmguide import loading
+    from edmguide import digests, loading
     from edmguide.generation import build_guidance, pick_device
     from edmguide.guidance import method_tag
     from edmguide.outputs import check_output_dir
@@ -62,7 +62,8 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
                               mode=numerics, device=device, **sampler_kwargs)
     method = method_tag(guidance_interval if guidance_interval is not None else guidance_sigma)
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
-    settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
+    inputs = digests.input_record(net=cond_pkl, gnet=uncond_pkl if guided else None)  # content, not path
+    settings = dict(inputs=inputs, guidance=guidance.as_data(),
                     numerics=numerics, **{k: _json_value(v) for k, v in sampler_kwargs.items()})
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
