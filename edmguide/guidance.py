@@ -134,7 +134,10 @@ class GuidanceSchedule:
         (0.28, 2.90] is how the paper prints steps [15, 21] = (0.28304, 2.9015], but taken literally
         it guides steps [16, 22]. Bounds that are not such roundings never give a hint.
         """
-        snapped = self.snapped(sigmas)
+        try:
+            snapped = self.snapped(sigmas)
+        except UserError:  # both bounds nearest to one level: not the rounding of a range of levels
+            return None
         def looks_rounded(bound, level):
             return bound == level or (math.isfinite(bound) and bound > 0 and round(level, 2) == round(bound, 2))
         if any(not (looks_rounded(lo, s_lo) and looks_rounded(hi, s_hi))

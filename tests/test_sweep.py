@@ -99,7 +99,7 @@ def test_sweep_values_equal_separate_gen_runs_and_report_is_written(tmp_path):
     assert by_label[('[2, 3]', None)]['evals_main'] == 11 and by_label[('[2, 3]', None)]['evals_guide'] == 4
     assert by_label[('all', None)]['interval'] is None and by_label[('all', None)]['sigma'][0] == 0
     names = sorted(os.listdir(tmp_path / 'out'))
-    assert 'sweep.md' in names and 'sweep-fd_digits.png' in names and 'heatmap-fd_digits-digits-uncond-w2.png' in names
+    assert 'sweep.md' in names and 'sweep-fd_digits.png' in names and 'heatmap-fd_digits-digits-uncond-grid1..2_3..4-w2.png' in names
     text = (tmp_path / 'out' / 'sweep.md').read_text()
     assert '**' in text and 'Best setting per metric' in text
 
@@ -118,7 +118,7 @@ def test_interrupted_sweep_resumes_to_the_same_result_and_other_settings_are_ref
             yield batch
     monkeypatch.setattr(sweep, 'generate_setting_batches', stop_after_one)
     assert run_sweep_cli(tmp_path / 'cut', *args).exit_code == 130  # as Ctrl-C
-    assert os.path.exists(tmp_path / 'cut' / 'checkpoint-rank0.pkl') and not os.path.exists(tmp_path / 'cut' / 'sweep.jsonl')
+    assert os.path.exists(tmp_path / 'cut' / 'checkpoint-rank0.npz') and not os.path.exists(tmp_path / 'cut' / 'sweep.jsonl')
     monkeypatch.setattr(sweep, 'generate_setting_batches', original)
     calls = []
     monkeypatch.setattr(sweep, 'generate_setting_batches', lambda *a, **k: calls.append(k['batches']) or original(*a, **k))
@@ -151,6 +151,6 @@ def test_two_ranks_give_the_single_process_result(tmp_path):
     sweep.sweep_command(FILES.cond, FILES.ref, '2', ['[1, 3]'], str(tmp_path / 'one'), gnet_path=FILES.uncond,
                         num_images=6, max_batch_size=2, device='cpu', progress=False, num_steps=6)
     two, one = read_jsonl(tmp_path / 'two' / 'sweep.jsonl'), read_jsonl(tmp_path / 'one' / 'sweep.jsonl')
-    assert sorted(os.listdir(tmp_path / 'two')).count('checkpoint-rank1.pkl') == 1
+    assert sorted(os.listdir(tmp_path / 'two')).count('checkpoint-rank1.npz') == 1
     assert len(two) == len(one) == 1 and two[0]['num_images'] == 6
     assert two[0]['fd_digits'] == pytest.approx(one[0]['fd_digits'], rel=1e-9)
