@@ -256,12 +256,18 @@ class _Checkpoints:
         """Load the newest state that every rank has into `accs` (on `device`, where the next
         features come from); returns the batches done (0: nothing to resume). Ranks write at the same
         batches, but a crash may stop one rank between its write and another's."""
-        states = [s for s in (self._read(self.path), self._read(self.prev)) if s is not None]
+        problem = None
+        try:
+            states = [s for s in (self._read(self.path), self._read(self.prev)) if s is not None]
+        except UserError as exc:
+            states, problem = [], exc  # raised after the all-reduce, which every rank must reach
         done = max((int(s['batches_done']) for s in states), default=0)
         if dist.get_world_size() > 1:
             t = torch.tensor([done], dtype=torch.int64, device=device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
             done = int(t)
+        if problem is not None:
+            raise problem
         if done == 0:
             return 0
         state = next((s for s in states if int(s['batches_done']) == done), None)
@@ -477,7 +483,18 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
         done = checkpoints.load(accs, metrics, dims, device)
     except UserError as exc:
         failure = str(exc)
-    pipeline.raise_on_every_rank(failure, device)
+    try:
+        pipeline.raise_on_every_rank(failure, device)
+    except UserError:
+        if not overwrite:
+            raise
+        dist.barrier()  # every rank has stopped reading before rank 0 removes the checkpoints
+        if rank == 0:
+            checkpoints.remove_all()
+        dist.barrier()
+        checkpoints = _Checkpoints(outdir, rank, fingerprint, metrics)
+        accs = [[kinds.get_kind(m).accumulator() for m in metrics] for _ in settings]
+        done, failure = 0, None
     all_batches = seedlib.rank_batches(num_images, max_batch_size, world_size, rank)
     per_batch = [len(seedlib.rank_batches(num_images, max_batch_size, world_size, r)[0]) for r in range(world_size)]
     images_done = min(num_images, done * sum(per_batch))
