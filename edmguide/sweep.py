@@ -382,8 +382,9 @@ def _check_outdir(outdir, record, overwrite=False):
 
 
 def _discard(outdir):
-    """Remove what `_work_files` lists (rank 0, under --overwrite)."""
-    for name in _work_files(outdir):
+    """Remove what `_work_files` lists and the report beside it (rank 0, under --overwrite)."""
+    report = re.compile(r'^(sweep\.md|(sweep|heatmap)-.*\.png)$')
+    for name in _work_files(outdir) + [n for n in os.listdir(outdir) if report.match(n)]:
         os.remove(os.path.join(outdir, name))
 
 #----------------------------------------------------------------------------

@@ -117,7 +117,8 @@ def test_interrupted_sweep_resumes_to_the_same_result_and_other_settings_are_ref
                 raise KeyboardInterrupt
             yield batch
     monkeypatch.setattr(sweep, 'generate_setting_batches', stop_after_one)
-    assert run_sweep_cli(tmp_path / 'cut', *args).exit_code == 130  # as Ctrl-C
+    cut = run_sweep_cli(tmp_path / 'cut', *args)
+    assert cut.exit_code == 130 and 'interrupted; rerun the same command to continue' in cut.stderr  # as Ctrl-C
     assert os.path.exists(tmp_path / 'cut' / 'checkpoint-rank0.npz') and not os.path.exists(tmp_path / 'cut' / 'sweep.jsonl')
     monkeypatch.setattr(sweep, 'generate_setting_batches', original)
     calls = []
@@ -395,3 +396,22 @@ def test_a_grid_too_large_is_refused_before_it_is_expanded():
     assert len(sweep.parse_intervals(['[0..99, 0..99]'])) == 5050  # within the bound
     with pytest.raises(UserError, match='settings'):
         sweep.expand_settings([2.0, 3.0], sweep.parse_intervals(['[0..99, 0..99]']), ['g'])  # 10100 settings
+
+
+def test_an_older_versions_sweep_is_refused_and_overwrite_discards_it_with_its_report(finished, tmp_path):
+    """Older versions pickled their checkpoints and recorded paths, not contents: not resumed, not read."""
+    outdir = _copy(finished[0], tmp_path / 'out')
+    recorded = json.loads((outdir / sweep.SETTINGS_FILE).read_text())
+    legacy = {k: v for k, v in recorded.items() if k != 'inputs'}
+    legacy.update({k: (v['path'] if v else None) for k, v in recorded['inputs'].items()})
+    (outdir / sweep.SETTINGS_FILE).write_text(json.dumps(legacy))
+    for name in os.listdir(outdir):
+        if name.startswith('checkpoint-rank'):
+            os.remove(outdir / name)
+    (outdir / 'checkpoint-rank0.pkl').write_bytes(b'not read')
+    (outdir / 'heatmap-fd_digits-old-w2.png').write_bytes(b'a figure of the old sweep')
+    assert_one_line(run_sweep_cli(outdir, *ARGS), 'older version of this program', '--overwrite')
+    assert run_sweep_cli(outdir, *ARGS, '--overwrite').exit_code == 0
+    names = os.listdir(outdir)
+    assert 'checkpoint-rank0.pkl' not in names and 'heatmap-fd_digits-old-w2.png' not in names
+    assert read_jsonl(outdir / 'sweep.jsonl') == finished[1]
