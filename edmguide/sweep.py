@@ -258,10 +258,10 @@ class _Checkpoints:
         batches, but a crash may stop one rank between its write and another's."""
         problem = None
         try:
-            states = [s for s in (self._read(self.path), self._read(self.prev)) if s is not None]
+            states = [(p, s) for p in (self.path, self.prev) for s in [self._read(p)] if s is not None]
         except UserError as exc:
             states, problem = [], exc  # raised after the all-reduce, which every rank must reach
-        done = max((int(s['batches_done']) for s in states), default=0)
+        done = max((int(s['batches_done']) for _, s in states), default=0)
         if dist.get_world_size() > 1:
             t = torch.tensor([done], dtype=torch.int64, device=device)
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
@@ -270,11 +270,10 @@ class _Checkpoints:
             raise problem
         if done == 0:
             return 0
-        state = next((s for s in states if int(s['batches_done']) == done), None)
+        path, state = next(((p, s) for p, s in states if int(s['batches_done']) == done), (None, None))
         if state is None:
             raise UserError(f'{self.outdir}: the ranks\' checkpoints do not match; delete them or give --overwrite '
                             f'to start over')
-        path = self.path if state is states[0] else self.prev
         if str(state['fingerprint']) != self.fingerprint:
             try:
                 what = digests.difference(json.loads(str(state['fingerprint'])), json.loads(self.fingerprint))
