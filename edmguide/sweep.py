@@ -6,8 +6,12 @@ seeds all settings are sampled together by `generation.generate_setting_batches`
 settings share (everything before the first step where their weights differ) are computed once,
 and every setting's images are bit-identical to what `calculate_metrics.py gen` computes for it
 with the same seeds and batch size. Each setting's statistics accumulate in the accumulators of
-`metrics.kinds`; they are checkpointed atomically in the output folder every few batches,
-so rerunning the same command continues where it stopped. `sweep_report` writes the results.
+`metrics.kinds`; they are checkpointed atomically in the output folder every few batches
+(`.npz`, never pickle; growing states appended chunk by chunk), so rerunning the same command
+continues where it stopped. The folder's settings (`sweep-settings.json`, input files by SHA-256,
+see `digests`) must prove that its checkpoints and results are this sweep's, else the run is
+refused (or, with `overwrite`, they are discarded). `sweep_report` writes the results; a dry
+rendering with placeholder values runs before the first image.
 
 Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
 `--guidance_interval`), `(lo, hi]` (noise range, as `--guidance_sigma`), and the grid
@@ -527,8 +531,8 @@ def run_sweep(net, encoder, settings, *, guides, ref, ref_path, metrics, outdir,
         except UserError as exc:
             failure = str(exc)
     pipeline.raise_on_every_rank(failure, device)
-    if batch_idx != done or done == 0:
-        checkpoints.save(len(all_batches), accs)
+    if checkpoints.batches_done != len(all_batches) or not os.path.exists(checkpoints.path):
+        checkpoints.save(len(all_batches), accs)  # unless the last checkpoint of the loop was the end
     for record_, row in zip(records, accs):
         for acc, name in zip(row, metrics):
             num = acc.all_reduce(dims[name], device).num
