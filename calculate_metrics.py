@@ -177,6 +177,7 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
               'or the grid "[a0..a1, b0..b1]"  [default: all]', type=str, multiple=True)
 @click.option('--outdir', help='Output folder (results, plots, checkpoints)', type=str, required=True)
 @click.option('--checkpoint_every', help='Checkpoint the statistics every N batches', type=click.IntRange(min=1), default=8, show_default=True)
+@click.option('--overwrite', help='Discard checkpoints and results in --outdir that this sweep cannot resume', is_flag=True)
 @generation_options
 def sweep(mode, sampler, **kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
@@ -184,7 +185,8 @@ def sweep(mode, sampler, **kwargs):
     from torch_utils import distributed as dist
     _init_distributed()
     lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')),
-                                                    sampler=sampler.replace(mode=mode), **kwargs))
+                                                    sampler=sampler.replace(mode=mode), **kwargs),
+                    resume_hint=sweep_lib.RESUME_HINT)
     if dist.get_rank() == 0:
         print('\n'.join(lines))
 

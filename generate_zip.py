@@ -33,7 +33,7 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
-    from edmguide import loading
+    from edmguide import digests, loading
     from edmguide.generation import pick_device, resolve_guidance
     from edmguide.guidance import Interval, method_tag
     from edmguide.outputs import check_output_dir
@@ -57,8 +57,8 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     schedule = sampler.schedule(net, device=device)
     guidance = resolve_guidance(schedule, guidance_scale, interval, what='--guidance_scale')
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method_tag(interval)))
-    settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
-                    **sampler.as_record())
+    inputs = digests.input_record(net=cond_pkl, gnet=uncond_pkl if guided else None)  # content, not path
+    settings = dict(inputs=inputs, guidance=guidance.as_data(), **sampler.as_record())
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), schedule, settings=settings, gnet=gnet,
                      guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,

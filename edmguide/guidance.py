@@ -153,7 +153,7 @@ class GuidanceSchedule:
         """
         try:
             snapped = self.snapped(sigmas)
-        except UserError:  # both bounds snapped to one level: no range of levels was meant
+        except UserError:  # both bounds nearest to one level: not the rounding of a range of levels
             return None
         def looks_rounded(bound, level):
             return bound == level or (math.isfinite(bound) and bound > 0 and round(level, 2) == round(bound, 2))

@@ -75,6 +75,10 @@ def _open_download(name, *, cache=True, verbose=False):
         reason = _first_line(exc).split(f'{name}: ', 1)[-1]
         raise UserError(f'{name}: cannot download it and it is not in the download cache ({reason})') from exc
 
+def local_file(path_or_url):
+    """The local file of a path or URL (a URL is downloaded into the cache once); errors are one line."""
+    return _open_download(str(path_or_url))
+
 def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
     """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`).
 

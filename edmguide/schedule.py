@@ -173,7 +173,7 @@ class SamplerOptions:
         if interval is not None and interval.kind == 'steps':
             start, stop = interval.steps
             if not 0 <= start <= stop <= self.num_steps - 1:
-                raise UserError(f'{interval.spelling()}: step indices must satisfy 0 <= start <= stop <= '
+                raise UserError(f'step interval [{start}, {stop}]: step indices must satisfy 0 <= start <= stop <= '
                                 f'{self.num_steps - 1} for {self.num_steps} steps')
 
     def schedule(self, net=None, *, device=None):
@@ -238,7 +238,7 @@ class Schedule:
             hint = (f'; if it is a range rounded as the paper prints them, the steps meant are '
                     f'--guidance_interval="[{intended[0][0]}, {intended[0][1]}]"' if intended else
                     '; widen the range or give step indices (--guidance_interval)')
-            raise UserError(f'{interval.spelling()} guides no step of this {self.num_steps}-step schedule '
+            raise UserError(f'noise range ({lo!r}, {hi!r}] guides no step of this {self.num_steps}-step schedule '
                             f'(steps start at levels {self.describe_levels()}){hint}')
         return guidance
 
@@ -263,7 +263,7 @@ class Schedule:
 
     def describe_levels(self, limit=8):
         """The step levels for messages: all of them if few, else the first and last few."""
-        levels = [f'{t:.5g}' for t in self.step_levels()]
+        levels = [f'{t:.4g}' for t in self.step_levels()]
         if len(levels) > limit:
             levels = levels[:limit // 2] + ['...'] + levels[-(limit // 2):]
         return ', '.join(levels)

@@ -10,6 +10,8 @@ Every registered metric (see `detectors.register_metric(..., kind=...)`) has one
 The pipeline never branches on the kind: it asks `get_kind(metric)` for these pieces. An
 accumulator has `update(features)` (rows in seed order, see `pipeline.gather_step`), `state_dict()`,
 `load_state_dict()` and `reference_entry()`; `results(name, acc, entry, device=...)` returns a dict of named floats.
+`appends`: the accumulator's state grows with the images (`state_dict(first_batch)` gives the part
+from a batch on, so a checkpoint writes only what is new); otherwise it has a fixed size.
 """
 
 import numpy as np
@@ -67,10 +69,10 @@ def _pr_results(name, acc, entry, *, path='reference', device=None):
 #----------------------------------------------------------------------------
 
 KINDS = {
-    'frechet': dnnlib.EasyDict(accumulator=stats_lib.FeatureStats, has_entry=_frechet_has_entry, dim=_frechet_dim,
+    'frechet': dnnlib.EasyDict(accumulator=stats_lib.FeatureStats, appends=False, has_entry=_frechet_has_entry, dim=_frechet_dim,
                                entry=_frechet_entry, results=_frechet_results, max_ref_images=None,
                                entry_help='mean/covariance statistics'),
-    'pr': dnnlib.EasyDict(accumulator=precision_recall.PRFeatures, has_entry=_pr_has_entry, dim=_pr_dim,
+    'pr': dnnlib.EasyDict(accumulator=precision_recall.PRFeatures, appends=True, has_entry=_pr_has_entry, dim=_pr_dim,
                           entry=_pr_entry, results=_pr_results, max_ref_images=precision_recall.MAX_REAL,
                           entry_help='reference features'),
 }

@@ -127,6 +127,10 @@ class PRFeatures:
         return sum(batch.shape[0] for batch in self.batches)
 
     @property
+    def num_batches(self):
+        return len(self.batches)
+
+    @property
     def dim(self):
         return self.batches[0].shape[1] if self.batches else None
 
@@ -141,13 +145,18 @@ class PRFeatures:
         """All features as one float16 tensor [N, D]."""
         return torch.cat(self.batches) if self.batches else torch.zeros([0, 0], dtype=torch.float16)
 
-    def state_dict(self):
-        """{'features': float16 numpy [N, D], 'sizes': int64 numpy of batch sizes} (for checkpoints)."""
-        return {'features': self.features().cpu().numpy(),
-                'sizes': np.array([b.shape[0] for b in self.batches], dtype=np.int64)}
+    def state_dict(self, first_batch=0):
+        """{'features': float16 numpy [N, D], 'sizes': int64 numpy of batch sizes} (for checkpoints)
+        of the batches from `first_batch` on: a checkpoint can append only what is new."""
+        batches = self.batches[first_batch:]
+        features = torch.cat(batches) if batches else torch.zeros([0, 0], dtype=torch.float16)
+        return {'features': features.cpu().numpy(),
+                'sizes': np.array([b.shape[0] for b in batches], dtype=np.int64)}
 
-    def load_state_dict(self, state):
-        features = torch.from_numpy(np.asarray(state['features'], dtype=np.float16))
+    def load_state_dict(self, state, device=None):
+        """Continue from `state_dict()`'s features, put on `device` (where the next batches will come
+        from: features of one accumulator must share a device to be concatenated)."""
+        features = torch.from_numpy(np.asarray(state['features'], dtype=np.float16)).to(device or 'cpu')
         sizes = [int(s) for s in np.asarray(state['sizes'])]
         self.batches = list(features.split(sizes)) if sizes else []
 

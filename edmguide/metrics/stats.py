@@ -65,11 +65,12 @@ class FeatureStats:
             return {'num': self.num}
         return {'num': self.num, 'sum': self.sum.cpu().numpy(), 'outer': self.outer.cpu().numpy()}
 
-    def load_state_dict(self, state):
-        """Continue from `state_dict()`'s sums (kept on the CPU until the next `update` moves them)."""
+    def load_state_dict(self, state, device=None):
+        """Continue from `state_dict()`'s sums, put on `device` (default: the CPU, until the next
+        `update` moves them to the features' device)."""
         self.num = int(state['num'])
-        self.sum = torch.as_tensor(state['sum'], dtype=torch.float64) if 'sum' in state else None
-        self.outer = torch.as_tensor(state['outer'], dtype=torch.float64) if 'sum' in state else None
+        self.sum = torch.as_tensor(state['sum'], dtype=torch.float64, device=device) if 'sum' in state else None
+        self.outer = torch.as_tensor(state['outer'], dtype=torch.float64, device=device) if 'sum' in state else None
 
     def mean_and_cov(self):
         """(mu, sigma) as float64 numpy; sigma is the unbiased (N-1) covariance."""
