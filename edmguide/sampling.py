@@ -161,7 +161,7 @@ def guided_denoiser(net, gnet, labels, w, *, mode='edm2', dtype=torch.float32, c
 def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
            num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, mode='edm2', dtype=None, out_dtype=None,
            S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
-           randn_like=torch.randn_like, counter=None, progress=None):
+           randn_like=torch.randn_like, counter=None, progress=None, init_scale=None):
     """Heun's 2nd-order method from noise to an image (no correction on the last step).
 
     net, gnet:  denoisers D(x, sigma, class_labels); gnet is the unconditional net (CFG) or a weaker
@@ -175,18 +175,20 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
                 with S_churn > 0 and S_min <= t_i <= S_max.
     counter:    EvalCounter to add this call's evaluations to.
     progress:   callable receiving a dict (i, num_steps, sigma, sigma_hat, sigma_next, w, x) per step.
+    init_scale: the starting state is noise * init_scale; default (None) t_0, EDM's noise * sigma_max.
+                Generative-models' SD-XL sampler starts from noise * sqrt(1 + t_0^2) (see edmguide.sdxl).
 
     This is `sample_tree` with one branch.
     """
     return sample_tree(net, noise, labels, [(gnet, guidance)], sigmas=sigmas, num_steps=num_steps,
                        sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, mode=mode, dtype=dtype,
                        out_dtype=out_dtype, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
-                       randn_like=randn_like, counter=counter, progress=progress)[0]
+                       randn_like=randn_like, counter=counter, progress=progress, init_scale=init_scale)[0]
 
 
 def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dtype=None, sigmas=None,
                 num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'),
-                S_noise=1, randn_like=torch.randn_like, counter=None, progress=None):
+                S_noise=1, randn_like=torch.randn_like, counter=None, progress=None, init_scale=None):
     """`sample` for several guidance settings of the same noise and labels at once.
 
     `branches`: list of (gnet, guidance) pairs, guidance as `sample` takes it. Returns one output per
@@ -201,7 +203,7 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
     method of an object with `get_state()`/`set_state()` (`seeds.StackedRandomGenerator`): its state
     is saved at each branch point and restored for every child, which keeps the results identical.
     Any other noise source is refused there with a UserError. `progress` is `sample`'s per-step
-    callback, called for every step computed.
+    callback, called for every step computed; `init_scale` as in `sample`.
     """
     _check_mode(mode)
     dtype = dtype or _MODE_DTYPE[mode]
@@ -240,7 +242,10 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
 
     # Depth first: follow the group of branches step by step; where it splits, keep the state (and
     # the generators' state, if churn draws) for the later children while the first one runs.
-    pending = [(noise.to(dtype) * sigmas[0], 0, list(range(len(branches))), None)]
+    if init_scale is not None and not (math.isfinite(init_scale) and init_scale > 0):
+        raise UserError(f'init_scale must be a finite number > 0, got {init_scale!r}')
+    start = noise.to(dtype) * (sigmas[0] if init_scale is None else init_scale)
+    pending = [(start, 0, list(range(len(branches))), None)]
     while pending:
         x, i, members, state = pending.pop()
         if state is not None:

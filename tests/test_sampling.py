@@ -310,3 +310,20 @@ def test_non_finite_sampler_output_is_refused_before_any_image_is_made():
     with pytest.raises(UserError, match=r'non-finite values .* for 2 of 2 images \(first seed 3\)'):
         next(generate_batches(NanNet(label_dim=0), Encoder(), [3, 4], num_steps=2))
     assert Encoder.decoded == 0
+
+
+def test_sampler_init_scale_none_is_sigma_max_start():
+    # The EDM2 paths keep their start (noise * t_0); init_scale (SD-XL's sqrt(1 + t_0^2)) replaces t_0.
+    seen = []
+
+    def denoiser(x, sigma, labels=None):
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1)  # rho = 1: t_0 is 80 exactly
+    assert torch.equal(seen[0], noise * torch.tensor(80, dtype=torch.float32))
+    seen.clear()
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1, init_scale=3.0)
+    assert torch.equal(seen[0], noise * 3.0)
+    with pytest.raises(UserError, match='init_scale'):
+        sample(denoiser, noise, num_steps=2, init_scale=float('nan'))
