@@ -8,7 +8,8 @@ Three ways to call it (the first two are upstream command lines, unchanged):
   figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
   SD-XL (diffusers):         --sdxl=MODEL --prompt=TEXT [--negative_prompt=TEXT] --seeds=0-3 --outdir=DIR
-                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25)
+                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25,
+                             starting from sqrt(1 + sigma_0^2) * noise; --sdxl_noise=edm for sigma_0 * noise)
 """
 
 from edmguide import threads
@@ -110,14 +111,18 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
 
 
 def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, guidance_interval=None,
-                  guidance_sigma=None, seeds=range(4), max_batch_size=4, device=None, verbose=False, **sampler_kwargs):
+                  guidance_sigma=None, seeds=range(4), max_batch_size=4, device=None, verbose=False,
+                  init_noise='sgm', empty_negative='zeros', **sampler_kwargs):
     """SD-XL seed mode: `<seed:06d>.png` per seed; sampler options not given take the SD-XL defaults,
-    and without an interval option the guidance is the paper's (0.28, 5.42] (steps 10..25 of 32)."""
+    and without an interval option the guidance is the paper's (0.28, 5.42] (steps 10..25 of 32).
+    `init_noise` ('sgm' or 'edm') and `empty_negative` ('zeros' or 'encode'): see edmguide.sdxl."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
     from edmguide.sampling import check_sampler_kwargs
     kwargs = dict(sdxl.DEFAULTS, **sampler_kwargs)
     check_sampler_kwargs(kwargs)
+    sdxl.check_init_noise(init_noise)
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before the model is loaded
     weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
@@ -125,20 +130,24 @@ def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, g
                                   **{k: v for k, v in kwargs.items() if k in sdxl.DEFAULTS})
     model = sdxl.load_sdxl(model, device)
     print(f'Generating {len(seeds)} images to "{outdir}" ({schedule}; {kwargs["num_steps"]} Heun steps, '
-          f'sigma {kwargs["sigma_max"]:g} -> {kwargs["sigma_min"]:g}, rho {kwargs["rho"]:g})...', flush=True)
+          f'sigma {kwargs["sigma_max"]:g} -> {kwargs["sigma_min"]:g}, rho {kwargs["rho"]:g}, '
+          f'start {"sqrt(1 + sigma_0^2)" if init_noise == "sgm" else "sigma_0"} * noise)...', flush=True)
     written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, negative_prompt=negative_prompt,
-                                        guidance=schedule, max_batch_size=max_batch_size, **kwargs)
+                                        guidance=schedule, max_batch_size=max_batch_size, init_noise=init_noise,
+                                        empty_negative=empty_negative, **kwargs)
     print('Done.')
     return written
 
 
 def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', seeds=(0, 1), max_batch_size=4,
-                          device=None):
+                          device=None, init_noise='sgm', empty_negative='zeros'):
     """The GI paper's SD-XL comparisons (`--figs=sdxl-fig6,sdxl-fig8-hi,sdxl-fig8-lo` or `all`) as
     labelled grids `<outdir>/<name>.png`: rows = guidance settings, columns = prompts x seeds."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
     names = sdxl.parse_figures(figs)
+    sdxl.check_init_noise(init_noise)
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')
     model = sdxl.load_sdxl(model, device)
@@ -146,18 +155,19 @@ def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', s
     for name in names:
         print(f'Rendering {name} ({len(prompts)} prompts x {len(seeds)} seeds)...', flush=True)
         written.append(sdxl.render_sdxl_figure(model, name, prompts, list(seeds), outdir,
-                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size))
+                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size,
+                                               init_noise=init_noise, empty_negative=empty_negative))
         print(f'Wrote {written[-1]}')
     print('Done.')
     return written
 
 
-SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'guidance',
+SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'guidance',
                 'guidance_interval', 'guidance_sigma', 'device', 'verbose', 'threads', 'num_steps', 'sigma_min',
                 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
-SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'device',
+SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'device',
                        'verbose', 'threads')
-SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt')
+SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative')
 FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
 
@@ -199,11 +209,18 @@ def _refuse_unused(given, used, mode):
               multiple=True)
 @click.option('--negative_prompt', help='SD-XL mode: prompt of the guiding (unconditional) branch', metavar='TEXT',
               default='', show_default=True)
+@click.option('--sdxl_noise', type=click.Choice(['sgm', 'edm']), default='sgm', show_default=True,
+              help='SD-XL mode: starting state; sgm = sqrt(1+sigma_0^2)*noise (generative-models, the paper), '
+                   'edm = sigma_0*noise')
+@click.option('--empty_negative', type=click.Choice(['zeros', 'encode']), default='zeros', show_default=True,
+              help='SD-XL mode: an empty --negative_prompt gives zero embeddings (zeros, when the model sets '
+                   'force_zeros_for_empty_prompt) or the encoded "" (encode, diffusers with negative_prompt="")')
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, sdxl_noise,
+         empty_negative, **opts):
     """Generate images using the given model(s)."""
     del seed
     given = _options_given(click.get_current_context())
@@ -219,7 +236,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 _refuse_unused(given, SDXL_FIGURE_OPTIONS, "--sdxl --figs renders the paper's SD-XL comparisons "
                                                            'with its sampler settings')
                 return generate_sdxl_figures(sdxl, figs, list(prompt), outdir, negative_prompt=negative_prompt,
-                                             seeds=parse_seed_list(seeds), device=device,
+                                             seeds=parse_seed_list(seeds), device=device, init_noise=sdxl_noise,
+                                             empty_negative=empty_negative,
                                              max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4)
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
@@ -230,7 +248,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
                                  guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
                                  max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4,
-                                 device=device, verbose=verbose, **sampler)
+                                 device=device, verbose=verbose, init_noise=sdxl_noise,
+                                 empty_negative=empty_negative, **sampler)
         misplaced = [given[name] for name in SDXL_ONLY_OPTIONS if name in given]
         if misplaced:
             raise UserError(f'{", ".join(misplaced)} only apply with --sdxl')
