@@ -53,8 +53,8 @@ SIZES = {
     'quick': dict(
         parity=dict(nets=[('tiny latent 8x8x4', small_net_kwargs(8, 8, 10, img_channels=4)),
                           ('tiny pixel 8x8x3', small_net_kwargs(8, 8, 10))],
-                    images=16, batch=8, steps=3, cpu_images=4, fd_dim=8, sdxl_images=8),
-        throughput=dict(nets=[('tiny', small_net_kwargs(8, 8, 10))], batches=[2, 4], steps=6, interval=(2, 3),
+                    images=12, batch=6, steps=3, cpu_images=3, fd_dim=4, sdxl_images=6),
+        throughput=dict(nets=[('tiny', small_net_kwargs(8, 8, 10))], batches=[2], steps=6, interval=(2, 3),
                         grid_intervals=((2, 3), (1, 3))),
         metrics=dict(pr_num=300, pr_dim=32, pr_block=128, feature_images=4, feature_batch=2, dinov2='tiny'),
         options=dict(net=small_net_kwargs(8, 8, 10), batch=2, steps=4),
@@ -383,11 +383,15 @@ def bench_throughput(cfg, device, log, budget, peak):
 def _dinov2(kind, device):
     """(name, detector): the project's DINOv2 detector if torch hub has it, else a random-weight
     DINOv2-shaped ViT (transformers' Dinov2Model) behind the same preprocessing."""
+    import dnnlib
     from edmguide.metrics import detectors
-    if kind == 'vitl14':
+    hub = dnnlib.make_cache_dir_path('torch_hub')
+    cached = (os.path.isdir(os.path.join(hub, 'facebookresearch_dinov2_main')) and
+              os.path.isfile(os.path.join(hub, 'checkpoints', 'dinov2_vitl14_pretrain.pth')))
+    if kind == 'vitl14' and cached:  # only from the cache: a download attempt could hang on an offline machine
         try:
             return 'DINOv2 ViT-L/14 (torch hub, real weights)', detectors.DINOv2Detector()
-        except Exception:  # offline without the hub cache: the same shape with random weights
+        except Exception:  # a broken cache: the same shape with random weights
             pass
     from transformers import Dinov2Config, Dinov2Model
     shape = (dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)

@@ -103,7 +103,7 @@ def test_gpu_bench_quick_on_cpu_writes_every_part_and_refuses_to_replace(tmp_pat
         for key in ('default_vs_fp32', 'default_vs_cpu', 'fp32_vs_cpu'):
             assert row[key] == {'max_abs': 0, 'share_differing': 0.0}, (row['net'], key)
         # Identical feature sets: the FD is 0 up to the float64 round-off of the covariance square
-        # root, ~1e-16 relative to the trace of the 8-d covariances (each O(1)); 1e-9 leaves room.
+        # root, ~1e-16 relative to the trace of the 4-d covariances (each O(1)); 1e-9 leaves room.
         assert abs(row['fd_default_vs_fp32']) < 1e-9
     if 'tiny DiT' not in rows:
         assert any(note.startswith('tiny DiT: skipped') for note in result['parity']['notes'])
@@ -114,7 +114,7 @@ def test_gpu_bench_quick_on_cpu_writes_every_part_and_refuses_to_replace(tmp_pat
     assert by[(2, 'CFG, all steps')]['evals_per_image_setting'] == 22
     assert by[(2, 'interval [2, 3]')]['evals_per_image_setting'] == 11 + 4
     assert by[(2, 'upstream_loop, interval [2, 3] (guide at every step)')]['evals_per_image_setting'] == 22
-    tree = by[(4, 'tree sweep, 4 settings')]
+    tree = by[(2, 'tree sweep, 4 settings')]
     assert tree['evals_per_image_setting'] * 4 < tree['separate_runs_evals']
     assert all(row['images_per_s'] > 0 for row in by.values())
 
