@@ -5,9 +5,9 @@ metric blocks. Through the runner (section `gpu`), or on its own:
     python benchmarks/bench_gpu.py                          # CUDA: writes benchmarks/results/gpu-<device>.md/.json
     python benchmarks/bench_gpu.py --device=cpu --quick     # tiny sizes, seconds (tests/test_benchmarks.py)
 
-Four parts, each with a time allowance (`ALLOWANCE_S`); a part starts no new row once its
-allowance is spent and names the rows it skipped, so the whole run stays under 8 minutes on one
-modern GPU even where the estimates behind the sizes are off:
+Four parts, each with a time allowance (`ALLOWANCE_S`, and `TOTAL_S` for the section); a part starts
+no new row once its allowance is spent and names the rows it skipped, so the whole run stays under
+8 minutes on one modern GPU even where the estimates behind the sizes are off:
 
 1. fp16 parity: random-weight EDM2 nets at the real XS and S shapes (img512: 64x64x4 latents, img64:
    64x64x3 pixels), built from the presets, sampled in the default CUDA numerics (the net's
@@ -46,6 +46,8 @@ TITLE = '7. GPU: fp16 parity, throughput, speed options, metric blocks'
 ORDER = 70
 
 ALLOWANCE_S = dict(parity=150, throughput=130, metrics=40, options=80)  # CUDA; about 400 s in all
+TOTAL_S = 400  # and no row starts after this many seconds of the whole section (a row may then still run)
+COMPILE_NEED_S = 90  # torch.compile starts only with this much of both allowances left (compilation time)
 GRID_WEIGHTS = (2.0, 3.0)
 GRID_INTERVALS = ((17, 22), (15, 21))
 
@@ -75,13 +77,16 @@ SIZES = {
 # Small pieces.
 
 class Budget:
-    """Wall-time allowance of one part: `ok(name)` says whether another row may start."""
+    """Wall-time allowance of one part (and the section's deadline, a perf_counter time): `ok(name)`
+    says whether another row may start; `need_s` asks for that much time left in both."""
 
-    def __init__(self, seconds):
-        self.seconds, self.start, self.skipped = seconds, time.perf_counter(), []
+    def __init__(self, seconds, deadline=None):
+        self.seconds, self.deadline, self.start, self.skipped = seconds, deadline, time.perf_counter(), []
 
-    def ok(self, name):
-        if self.seconds is None or time.perf_counter() - self.start < self.seconds:
+    def ok(self, name, need_s=0):
+        now = time.perf_counter()
+        if ((self.seconds is None or now + need_s < self.start + self.seconds) and
+                (self.deadline is None or now + need_s < self.deadline)):
             return True
         self.skipped.append(name)
         return False
@@ -244,18 +249,7 @@ def _sdxl_parity(cfg, device):
 
 def bench_parity(cfg, device, log, budget):
     rows, notes = [], []
-    for name, spec in cfg['nets']:
-        if not budget.ok(name):
-            continue
-        net = build_net(spec, 11, device)
-        cpu_net = build_net(spec, 11, 'cpu')
-        row = _parity_row(name, net, Float32Net(net), Float32Net(cpu_net), net.img_channels, net.img_resolution,
-                          net.label_dim, cfg, device)
-        row['use_fp16'] = bool(getattr(net, 'use_fp16', False))
-        rows.append(row)
-        log(f"  parity {name}: max |d| {row['default_vs_fp32']['max_abs']}, FD {row['fd_default_vs_fp32']:.3g}")
-        del net, cpu_net
-    for name, fn in (('tiny SD-XL', _sdxl_parity), ('tiny DiT', _dit_parity)):
+    for name, fn in (('tiny SD-XL', _sdxl_parity), ('tiny DiT', _dit_parity)):  # cheap: first
         if not budget.ok(name):
             continue
         try:
@@ -270,6 +264,19 @@ def bench_parity(cfg, device, log, budget):
             notes.append(f'{name}: {row}')
         else:
             rows.append(row)
+    for name, spec in cfg['nets']:
+        if not budget.ok(name):
+            continue
+        net = build_net(spec, 11, device)
+        cpu_net = build_net(spec, 11, 'cpu')
+        row = _parity_row(name, net, Float32Net(net), Float32Net(cpu_net), net.img_channels, net.img_resolution,
+                          net.label_dim, cfg, device)
+        row['use_fp16'] = bool(getattr(net, 'use_fp16', False))
+        rows.append(row)
+        log(f"  parity {name}: max |d| {row['default_vs_fp32']['max_abs']}, FD {row['fd_default_vs_fp32']:.3g}")
+        del net, cpu_net
+        if torch.device(device).type == 'cuda':
+            torch.cuda.empty_cache()
     return dict(rows=rows, notes=notes, skipped=budget.skipped)
 
 
@@ -529,7 +536,7 @@ def bench_options(cfg, device, log, budget):
         if cuda_only and not cuda:
             rows.append(dict(option=name, error='CUDA only; not run on this device'))
             continue
-        if not budget.ok(name):
+        if not budget.ok(name, COMPILE_NEED_S if wrap is _compiled else 0):
             continue
         try:
             fn = wrap(net)
@@ -556,6 +563,7 @@ def run(ctx):
                             '(`--device=cpu --quick` checks the code path)')
     cfg = SIZES['quick' if ctx.quick else 'cuda']
     limits = {k: (None if ctx.quick else v) for k, v in ALLOWANCE_S.items()}
+    deadline = None if ctx.quick else time.perf_counter() + TOTAL_S
     from bench_precision import peak_tflops
     peak = peak_tflops(device, getattr(ctx.options, 'peak_tflops', None))
     out = dict(device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
@@ -567,7 +575,7 @@ def run(ctx):
     for key, fn in parts:
         t0 = time.perf_counter()
         try:
-            out[key] = fn(Budget(limits[key]))
+            out[key] = fn(Budget(limits[key], deadline))
         except Exception as exc:  # keep the other parts
             import traceback
             traceback.print_exc()

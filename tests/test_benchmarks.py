@@ -127,3 +127,20 @@ def test_gpu_bench_quick_on_cpu_writes_every_part_and_refuses_to_replace(tmp_pat
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert again.returncode != 0 and again.stderr.strip().startswith('error:') and '--overwrite' in again.stderr
     assert 'Traceback' not in again.stderr
+
+
+def test_gpu_bench_time_allowance_names_the_rows_it_leaves_out():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    unlimited = bench_gpu.Budget(None)  # --quick: no allowance, no deadline
+    assert unlimited.ok('row', need_s=1e9) and unlimited.skipped == []
+    spent = bench_gpu.Budget(0)
+    assert not spent.ok('row 1') and not spent.ok('row 2') and spent.skipped == ['row 1', 'row 2']
+    import time
+    past = bench_gpu.Budget(1e9, deadline=time.perf_counter() - 1)
+    assert not past.ok('late') and past.skipped == ['late']
+    roomy = bench_gpu.Budget(1e9, deadline=time.perf_counter() + 1e6)
+    assert roomy.ok('fits', need_s=10) and not roomy.ok('compile', need_s=2e6) and roomy.skipped == ['compile']
