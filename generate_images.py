@@ -8,7 +8,8 @@ Three ways to call it (the first two are upstream command lines, unchanged):
   figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
   SD-XL (diffusers):         --sdxl=MODEL --prompt=TEXT [--negative_prompt=TEXT] --seeds=0-3 --outdir=DIR
-                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25)
+                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25,
+                             starting from sqrt(1 + sigma_0^2) * noise; --sdxl_noise=edm for sigma_0 * noise)
 """
 
 from edmguide import threads
@@ -136,35 +137,41 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
 
 
 def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, interval=None, sampler=None,
-                  seeds=range(4), max_batch_size=4, device=None, verbose=False):
+                  seeds=range(4), max_batch_size=4, device=None, verbose=False, empty_negative='zeros'):
     """SD-XL seed mode: `<seed:06d>.png` per seed; `sampler` defaults to the SD-XL sampler
     (`sdxl.default_options()`), and without an `interval` the guidance is the paper's (0.28, 5.42]
-    (steps 10..25 of 32)."""
+    (steps 10..25 of 32). `empty_negative` ('zeros' or 'encode'): see edmguide.sdxl."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
     sampler = sampler or sdxl.default_options()
     weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
     sampler.check_guidance(weight, interval, '--guidance')
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before the model is loaded
     schedule = sampler.schedule(device=device)
     weights = sdxl.sdxl_guidance(schedule, weight, interval)
     model = sdxl.load_sdxl(model, device)
+    start = 'sqrt(1 + sigma_0^2)' if sampler.init_noise == 'sgm' else 'sigma_0'
     print(f'Generating {len(seeds)} images to "{outdir}" ({weights}; {sampler.num_steps} Heun steps, '
-          f'sigma {sampler.sigma_max:g} -> {sampler.sigma_min:g}, rho {sampler.rho:g})...', flush=True)
+          f'sigma {sampler.sigma_max:g} -> {sampler.sigma_min:g}, rho {sampler.rho:g}, start {start} * noise)...',
+          flush=True)
     written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, schedule, negative_prompt=negative_prompt,
-                                        guidance=weights, max_batch_size=max_batch_size)
+                                        guidance=weights, max_batch_size=max_batch_size, empty_negative=empty_negative)
     print('Done.')
     return written
 
 
 def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', seeds=(0, 1), max_batch_size=4,
-                          device=None):
+                          device=None, init_noise='sgm', empty_negative='zeros'):
     """The GI paper's SD-XL comparisons (`--figs=sdxl-fig6,sdxl-fig8-hi,sdxl-fig8-lo` or `all`) as
     labelled grids `<outdir>/<name>.png`: rows = guidance settings, columns = prompts x seeds."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
     names = sdxl.parse_figures(figs)
+    from edmguide.schedule import SamplerOptions
+    SamplerOptions(init_noise=init_noise)  # checks the name before the model is loaded
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')
     model = sdxl.load_sdxl(model, device)
@@ -172,18 +179,19 @@ def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', s
     for name in names:
         print(f'Rendering {name} ({len(prompts)} prompts x {len(seeds)} seeds)...', flush=True)
         written.append(sdxl.render_sdxl_figure(model, name, prompts, list(seeds), outdir,
-                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size))
+                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size,
+                                               init_noise=init_noise, empty_negative=empty_negative))
         print(f'Wrote {written[-1]}')
     print('Done.')
     return written
 
 
-SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'guidance',
+SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'guidance',
                 'guidance_interval', 'guidance_sigma', 'device', 'verbose', 'threads', 'num_steps', 'sigma_min',
                 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
-SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'device',
+SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'device',
                        'verbose', 'threads')
-SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt')
+SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative')
 FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
 
@@ -227,11 +235,18 @@ def _refuse_unused(given, used, mode):
               default='', show_default=True)
 @click.option('--overwrite', help='Seed mode: delete the images of other settings in --outdir and start over',
               is_flag=True)
+@click.option('--sdxl_noise', type=click.Choice(['sgm', 'edm']), default='sgm', show_default=True,
+              help='SD-XL mode: starting state; sgm = sqrt(1+sigma_0^2)*noise (generative-models, the paper), '
+                   'edm = sigma_0*noise')
+@click.option('--empty_negative', type=click.Choice(['zeros', 'encode']), default='zeros', show_default=True,
+              help='SD-XL mode: an empty --negative_prompt gives zero embeddings (zeros, when the model sets '
+                   'force_zeros_for_empty_prompt) or the encoded "" (encode, diffusers with negative_prompt="")')
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, sampler, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, sdxl_noise,
+         empty_negative, sampler, **opts):
     """Generate images using the given model(s)."""
     del seed
     given = _options_given(click.get_current_context())
@@ -247,7 +262,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 _refuse_unused(given, SDXL_FIGURE_OPTIONS, "--sdxl --figs renders the paper's SD-XL comparisons "
                                                            'with its sampler settings')
                 return generate_sdxl_figures(sdxl, figs, list(prompt), outdir, negative_prompt=negative_prompt,
-                                             seeds=parse_seed_list(seeds), device=device,
+                                             seeds=parse_seed_list(seeds), device=device, init_noise=sdxl_noise,
+                                             empty_negative=empty_negative,
                                              max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4)
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
@@ -257,10 +273,10 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                         if guidance_interval is not None or guidance_sigma is not None else None)
             fields = {k: getattr(sampler, k) for k in cli.SAMPLER_FIELDS if k in given}  # others: SD-XL defaults
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
-                                 interval=interval, sampler=sdxl_lib.default_options(**fields),
+                                 interval=interval, sampler=sdxl_lib.default_options(init_noise=sdxl_noise, **fields),
                                  seeds=parse_seed_list(seeds),
                                  max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4,
-                                 device=device, verbose=verbose)
+                                 device=device, verbose=verbose, empty_negative=empty_negative)
         misplaced = [given[name] for name in SDXL_ONLY_OPTIONS if name in given]
         if misplaced:
             raise UserError(f'{", ".join(misplaced)} only apply with --sdxl')

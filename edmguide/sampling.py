@@ -164,7 +164,8 @@ def sample_tree(net, noise, labels, branches, schedule=None, *, options=None, ra
 
     # Depth first: follow the group of branches step by step; where it splits, keep the state (and
     # the generators' state, if churn draws) for the later children while the first one runs.
-    pending = [(noise.to(dtype) * sigmas[0], 0, list(range(len(branches))), None)]
+    start = noise.to(dtype) * (sigmas[0] if opts.init_noise == 'edm' else schedule.vp_start_scale())
+    pending = [(start, 0, list(range(len(branches))), None)]
     while pending:
         x, i, members, state = pending.pop()
         if state is not None:

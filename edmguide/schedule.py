@@ -21,6 +21,7 @@ from edmguide.errors import UserError
 from edmguide.guidance import GuidanceSchedule, Interval, check_weight
 
 MODES = ('edm2', 'gi')
+INIT_NOISE = ('edm', 'sgm')  # starting state t_0 * noise, or sqrt(1 + t_0^2) * noise (see SamplerOptions)
 MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
 # Command-line spelling of each option, for messages.
 OPTION_NAMES = dict(num_steps='--steps', sigma_min='--sigma_min', sigma_max='--sigma_max', rho='--rho',
@@ -107,7 +108,10 @@ class SamplerOptions:
     `mode` picks the upstream arithmetic reproduced ('edm2': float32, schedule as given; 'gi':
     float64, schedule clamped to the net's sigma limits and rounded by its `round_sigma`);
     `dtype` overrides the working precision (None: the mode's), `out_dtype` the result's (None:
-    the working precision for 'edm2', float32 for 'gi', as upstream).
+    the working precision for 'edm2', float32 for 'gi', as upstream). `init_noise` is the starting
+    state: 'edm' = t_0 * noise (EDM, both upstream EDM2 samplers), 'sgm' = sqrt(1 + t_0^2) * noise
+    (generative-models' HeunEDMSampler, the GI paper's SD-XL sampler: the standard deviation of
+    x_0 + t_0 * noise for data of unit variance).
     """
     num_steps: int = 32
     sigma_min: float = 0.002
@@ -120,10 +124,13 @@ class SamplerOptions:
     mode: str = 'edm2'
     dtype: torch.dtype = None
     out_dtype: torch.dtype = None
+    init_noise: str = 'edm'
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise UserError(f'sampler mode (--numerics) must be one of {", ".join(MODES)}, got {self.mode!r}')
+        if self.init_noise not in INIT_NOISE:
+            raise UserError(f'starting noise must be one of {", ".join(INIT_NOISE)}, got {self.init_noise!r}')
         for name in ('dtype', 'out_dtype'):
             value = getattr(self, name)
             if value is not None and value not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -209,6 +216,10 @@ class Schedule:
     @property
     def num_steps(self):
         return len(self.levels) - 1
+
+    def vp_start_scale(self):
+        """sqrt(1 + t_0^2), computed in float64 from the first level of this schedule ('sgm' start)."""
+        return math.sqrt(1 + self.levels[0] * self.levels[0])
 
     def step_levels(self):
         """t_0 .. t_{N-1}: the level each step starts from, which decides its weight."""

@@ -310,3 +310,21 @@ def test_non_finite_sampler_output_is_refused_before_any_image_is_made():
     with pytest.raises(UserError, match=r'non-finite values .* for 2 of 2 images \(first seed 3\)'):
         next(generate_batches(NanNet(label_dim=0), Encoder(), [3, 4], schedule_of(ToyNet(), num_steps=2)))
     assert Encoder.decoded == 0
+
+
+def test_sampler_starts_from_t0_noise_or_the_vp_scale_by_name():
+    # The EDM2 paths keep their start (noise * t_0); init_noise='sgm' (SD-XL's generative-models
+    # sampler) starts from sqrt(1 + t_0^2) * noise, the factor taken in float64 from t_0.
+    seen = []
+
+    def denoiser(x, sigma, labels=None):
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1)  # rho = 1: t_0 is 80 exactly
+    assert torch.equal(seen[0], noise * torch.tensor(80, dtype=torch.float32))
+    seen.clear()
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1, init_noise='sgm')
+    assert torch.equal(seen[0], noise * math.sqrt(1 + 80.0 ** 2))
+    with pytest.raises(UserError, match='starting noise'):
+        sample(denoiser, noise, num_steps=2, init_noise='vp')
