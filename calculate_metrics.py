@@ -44,8 +44,8 @@ def print_results(results):
             print(f'{name} = {value:g}')
 
 def parse_metrics_option(text):
-    from edmguide.metrics import detectors
-    return None if text is None else detectors.parse_metric_list(text)
+    from edmguide.metrics import kinds
+    return None if text is None else kinds.metric_list(text)
 
 def _init_distributed():
     """Join the process group under torchrun (nothing in a single process)."""
@@ -73,17 +73,19 @@ device_option = click.option('--device', help='Torch device  [default: cuda if p
 def gi_cli(gen_zip, ref_path, results_dir, metric, batch_size, device):
     """Compute one metric of a zip of generated images (guidance-interval form)."""
     from edmguide.metrics import detectors, pipeline
+    names = []  # the metric as kinds.metric_list reads it (spaces dropped), set by job()
 
     def report(results):
-        if detectors.metric_kind(metric) == 'frechet':
-            print(f'{detectors.metric_label(metric)} = {results[metric]:.2f}', flush=True)
+        if detectors.metric_kind(names[0]) == 'frechet':
+            print(f'{detectors.metric_label(names[0])} = {results[names[0]]:.2f}', flush=True)
         else:  # shares in [0, 1]: three decimals, as papers report them
             for name, value in results.items():
                 print(f'{name.capitalize()} = {value:.3f}', flush=True)
 
     def job():
+        names.append(pipeline.single_metric(metric))
         _init_distributed()  # under torchrun the ranks share the images; rank 0 prints and appends once
-        return pipeline.gi_calculate_metric(gen_zip, ref_path, metric=metric, results_dir=results_dir,
+        return pipeline.gi_calculate_metric(gen_zip, ref_path, metric=names[0], results_dir=results_dir,
                                             batch_size=batch_size, device=device, report=report)
     run_cli(job)
 
@@ -98,7 +100,7 @@ def edm2_cli():
 @click.option('--images', 'image_path', help='Directory or zip of images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True)
 @click.option('--metrics', help=metrics_help, type=str, default=None)
-@click.option('--num', 'num_images', help='Number of images to use', type=click.IntRange(min=2), default=50000, show_default=True)
+@click.option('--num', '--num_images', 'num_images', help='Number of images to use', type=click.IntRange(min=2), default=50000, show_default=True)
 @click.option('--seed', help='Random seed for choosing the images', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
@@ -121,16 +123,18 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @click.option('--seed', help='Random seed for choosing the precision/recall subset', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
+@click.option('--overwrite', help='Replace an existing --dest file', is_flag=True)
 @device_option
 @threads.threads_option
-def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device):
+def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device, overwrite):
     """Reference statistics (and precision/recall features) of a dataset, saved as a pickle (or .npz without pickle)."""
-    from edmguide.metrics import detectors, pipeline
+    from edmguide.metrics import pipeline
     from torch_utils import distributed as dist
     _init_distributed()
     run_cli(lambda: pipeline.make_reference(
-        image_path, dest_path, detectors.parse_metric_list(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images))
+        image_path, dest_path, parse_metrics_option(metrics), max_batch_size=max_batch_size,
+        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images,
+        overwrite=overwrite))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
@@ -143,7 +147,7 @@ def generation_options(func):
         click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None),
         click.option('--ref', 'ref_path', help='Reference statistics', metavar='PKL|NPZ|URL', type=str, required=True),
         click.option('--metrics', help=metrics_help, type=str, default=None),
-        click.option('--num', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
+        click.option('--num', '--num_images', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
         click.option('--seed', help='First random seed', type=int, default=0, show_default=True),
         click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True),
     ]
@@ -159,12 +163,13 @@ def generation_options(func):
 @click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler; default "
               "guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL', default=None)
 @click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
-@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), help='DiT mode: timestep embedding  [default: dit]')
+@click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), help='DiT mode: timestep embedding  [default: dit]')
 @click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]")
 @click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]')
 @generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
-        num_images, seed, device, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, **kwargs):
+        num_images, seed, device, mode, sampler, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels,
+        **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
     from edmguide.metrics import pipeline
     ctx = click.get_current_context()
@@ -175,26 +180,27 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
         raise click.UsageError("Missing option '--net' (or --dit).")
     _init_distributed()
     def job():
-        interval, sigma_range = parse_guidance_options(guidance_interval, guidance_sigma)
         if dit:
             unused = [spelling for name, spelling in given.items() if name not in DIT_GEN_OPTIONS]
             if unused:
                 raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
-            if guidance_interval is not None and interval is None:  # "None": every step (CFG)
-                sigma_range = (0.0, float('inf'))
             from edmguide.models import dit as ditlib, dit_generation
-            options = dict(mapping=dit_mapping, guide_channels=dit_guide_channels, embedding=dit_embedding, vae=dit_vae)
+            weight = ditlib.DEFAULT_GUIDANCE if guidance is None else guidance
+            interval = (parse_guidance_options(guidance_interval, guidance_sigma, weight)
+                        if guidance_interval is not None or guidance_sigma is not None else None)  # None: paper's FID
+            dit_options = ditlib.DiTOptions(mapping=dit_mapping or ditlib.DEFAULT_MAPPING,
+                                            guide_channels=dit_guide_channels or '3')
             return dit_generation.calc_metrics_for_dit(
-                dit, ref_path, parse_metrics_option(metrics),
-                guidance=ditlib.DEFAULT_GUIDANCE if guidance is None else guidance, interval=interval,
-                sigma_range=sigma_range, num_images=num_images, seed=seed, device=device,
-                max_batch_size=kwargs['max_batch_size'], class_idx=kwargs['class_idx'],
-                **{k: v for k, v in options.items() if v is not None})
+                dit, ref_path, parse_metrics_option(metrics), guidance=weight, interval=interval,
+                options=dit_options, embedding=dit_embedding or 'dit', vae=dit_vae or dit_generation.DEFAULT_VAE,
+                num_images=num_images, seed=seed, device=device, max_batch_size=kwargs['max_batch_size'],
+                class_idx=kwargs['class_idx'])
         if dit_only:
             raise UserError(f'{", ".join(dit_only)} only apply with --dit')
+        interval = parse_guidance_options(guidance_interval, guidance_sigma, guidance)
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
-            guidance_interval=interval, guidance_sigma=sigma_range, num_images=num_images, seed=seed,
+            interval=interval, sampler=sampler.replace(mode=mode), num_images=num_images, seed=seed,
             device=device, **kwargs)
     print_results(run_cli(job))
 
@@ -204,15 +210,18 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
               'or the grid "[a0..a1, b0..b1]"  [default: all]', type=str, multiple=True)
 @click.option('--outdir', help='Output folder (results, plots, checkpoints)', type=str, required=True)
 @click.option('--checkpoint_every', help='Checkpoint the statistics every N batches', type=click.IntRange(min=1), default=8, show_default=True)
+@click.option('--overwrite', help='Discard checkpoints and results in --outdir that this sweep cannot resume', is_flag=True)
 @generation_options
-def sweep(**kwargs):
+def sweep(mode, sampler, **kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
     if kwargs['net_path'] is None:
         raise click.UsageError("Missing option '--net'.")
     from edmguide import sweep as sweep_lib
     from torch_utils import distributed as dist
     _init_distributed()
-    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')), **kwargs))
+    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')),
+                                                    sampler=sampler.replace(mode=mode), **kwargs),
+                    resume_hint=sweep_lib.RESUME_HINT)
     if dist.get_rank() == 0:
         print('\n'.join(lines))
 
@@ -221,6 +230,11 @@ def sweep(**kwargs):
 def main(argv=None):
     """Dispatch: a first argument calc/gen/ref/sweep selects the EDM2 group, anything else the GI form."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith('-') and argv[0] not in SUBCOMMANDS:
+        # Not an option, so not the guidance-interval form either: a mistyped subcommand.
+        click.echo(f'error: no such subcommand "{argv[0]}"; the subcommands are {", ".join(SUBCOMMANDS)} '
+                   f'(or the guidance-interval form: calculate_metrics.py --gen_zip=ZIP --ref_path=REF)', err=True)
+        sys.exit(2)
     if argv and argv[0] in SUBCOMMANDS:
         edm2_cli.main(args=argv, prog_name='calculate_metrics.py')
     else:

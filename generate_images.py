@@ -8,7 +8,8 @@ Three ways to call it (the first two are upstream command lines, unchanged):
   figure mode (GI paper):    --cond_pkl=PKL --uncond_pkl=PKL --figs=all --results_dir=DIR
   demo (no downloads):       --preset=demo --outdir=DIR, or no model options at all
   SD-XL (diffusers):         --sdxl=MODEL --prompt=TEXT [--negative_prompt=TEXT] --seeds=0-3 --outdir=DIR
-                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25)
+                             (the GI paper's SD-XL sampler by default: 32 steps, w = 16 on steps 10..25,
+                             starting from sqrt(1 + sigma_0^2) * noise; --sdxl_noise=edm for sigma_0 * noise)
   DiT-XL/2:                  --dit=MODEL --seeds=0-7 [--class=C[,C...]] --outdir=DIR
                              (DiT's 250-step DDPM sampler; by default the paper's FID setting, w = 2.5
                              on sigma in (0.34, 1.02] = 75 of 250 steps); --numerics=dit --seed=S
@@ -25,35 +26,58 @@ import click  # noqa: E402
 
 from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.outputs import check_output_dir  # noqa: E402
+from edmguide.outputs import check_output_dir, claim_image_folder  # noqa: E402
 
 
-def generate_seed_images(net, outdir, *, gnet=None, guidance=None, guidance_interval=None, guidance_sigma=None,
+def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler):
+    """What decides the pixels of seed mode's PNGs (recorded in `<outdir>/settings.json`): the
+    networks as named, w and where it applies, class, batch size (it fixes the batch shapes) and
+    every sampler option. Not the seeds: more seeds of the same settings may join a folder."""
+    guided = guidance is not None and guidance != 1
+    classes = list(class_idx) if isinstance(class_idx, (list, tuple)) else class_idx
+    return dict(net=str(net), gnet=str(gnet) if guided else None, guidance=float(guidance) if guided else 1.0,
+                interval=interval.as_data() if guided and interval is not None else ('all' if guided else None),
+                class_idx=classes, batch=max_batch_size, **sampler.as_record())
+
+
+def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None, sampler=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
-                         subdirs=False, numerics='edm2', device=None, verbose=False, **sampler_kwargs):
-    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths."""
+                         subdirs=False, device=None, verbose=False, overwrite=False):
+    """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths.
+
+    `guidance`: the weight; `interval`: a `guidance.Interval` (None: every step); `sampler`: the
+    `schedule.SamplerOptions` (None: the defaults, 'edm2' numerics).
+    `outdir` records the settings that made its images (`outputs.claim_image_folder`): a rerun
+    with the same settings rewrites its seeds (identically), other settings are refused unless
+    `overwrite`, which deletes the folder's seed images first."""
     from edmguide import images as imagelib, loading, seeds as seedlib
-    from edmguide.generation import build_guidance, generate_batches, pick_device
+    from edmguide.generation import generate_batches, pick_device, resolve_guidance
     from edmguide.progress import progress_bar
-    from edmguide.sampling import check_sampler_kwargs
+    from edmguide.schedule import SamplerOptions
     from torch_utils import distributed as dist
-    check_sampler_kwargs(sampler_kwargs)
+    sampler = sampler or SamplerOptions()
+    sampler.check_guidance(guidance, interval, '--guidance')
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
+    settings = seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler)
+    removed = claim_image_folder(outdir, settings, overwrite=overwrite, write=dist.get_rank() == 0)
+    if removed:
+        dist.print0(f'--overwrite: deleted {removed} images of other settings in "{outdir}"')
+    dist.barrier()  # no rank writes an image before rank 0 has claimed the folder
     gnet = gnet if (guidance is not None and guidance != 1) else None
     net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
-    schedule = build_guidance(guidance, interval=guidance_interval, sigma_range=guidance_sigma, net=net, mode=numerics,
-                              device=device, **sampler_kwargs)
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({schedule})...')
+    schedule = sampler.schedule(net, device=device)
+    weights = resolve_guidance(schedule, guidance, interval)
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({weights})...')
     written = []
     world_size = dist.get_world_size()
     step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
                                            for r in range(world_size)])
     bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
-    for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=schedule, class_idx=class_idx,
-                                  max_batch_size=max_batch_size, device=device, mode=numerics, **sampler_kwargs):
+    for batch in generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=weights, class_idx=class_idx,
+                                  max_batch_size=max_batch_size, device=device):
         for seed, image in zip(batch.seeds, batch.images.cpu()):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
@@ -89,7 +113,9 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
 def generate_demo(outdir, device=None, seeds=None, classes=None):
     """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
     from edmguide import figures, loading, presets
-    from edmguide.generation import build_guidance, pick_device
+    from edmguide.generation import pick_device
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
     seeds = list(presets.DEMO_SEEDS if seeds is None else seeds)
     classes = list(presets.DEMO_CLASSES if classes is None else classes)
     device = pick_device(device or 'cpu')
@@ -98,13 +124,14 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
     net, encoder = loading.load_network(files.cond, device)
     guides = dict(uncond=loading.load_network(files.uncond, device, want_encoder=False)[0],
                   bad=loading.load_network(files.bad, device, want_encoder=False)[0], none=None)
+    schedule = SamplerOptions().schedule(net, device=device)
     methods = [(presets.demo_label(label, guide, weight, interval), guides[guide],
-                build_guidance(weight, interval=interval, net=net, mode='edm2', device=device))
+                schedule.guidance(weight, Interval.of_steps(*interval) if interval else None))
                for label, guide, weight, interval in presets.DEMO_METHODS]
     path = os.path.join(outdir, 'demo-comparison.png')
     print(f'Sampling {len(methods)} methods x {len(classes) * len(seeds)} images on {device} '
           f'(about 15-30 s on one CPU core)...', flush=True)
-    figures.render_comparison(methods, net, encoder, classes, seeds, path, device=device)
+    figures.render_comparison(methods, net, encoder, classes, seeds, path, schedule)
     print(f'Wrote {path}: {len(methods)} rows (one per method, same seeds in every row), '
           f'{len(classes) * len(seeds)} columns (digit classes {" ".join(map(str, classes))}; '
           f'seeds {" ".join(map(str, seeds))} of each class)')
@@ -113,36 +140,42 @@ def generate_demo(outdir, device=None, seeds=None, classes=None):
     return path
 
 
-def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, guidance_interval=None,
-                  guidance_sigma=None, seeds=range(4), max_batch_size=4, device=None, verbose=False, **sampler_kwargs):
-    """SD-XL seed mode: `<seed:06d>.png` per seed; sampler options not given take the SD-XL defaults,
-    and without an interval option the guidance is the paper's (0.28, 5.42] (steps 10..25 of 32)."""
+def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, interval=None, sampler=None,
+                  seeds=range(4), max_batch_size=4, device=None, verbose=False, empty_negative='zeros'):
+    """SD-XL seed mode: `<seed:06d>.png` per seed; `sampler` defaults to the SD-XL sampler
+    (`sdxl.default_options()`), and without an `interval` the guidance is the paper's (0.28, 5.42]
+    (steps 10..25 of 32). `empty_negative` ('zeros' or 'encode'): see edmguide.sdxl."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
-    from edmguide.sampling import check_sampler_kwargs
-    kwargs = dict(sdxl.DEFAULTS, **sampler_kwargs)
-    check_sampler_kwargs(kwargs)
+    sampler = sampler or sdxl.default_options()
+    weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
+    sampler.check_guidance(weight, interval, '--guidance')
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')  # before the model is loaded
-    weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
-    schedule = sdxl.sdxl_guidance(weight, guidance_interval, guidance_sigma, device=device,
-                                  **{k: v for k, v in kwargs.items() if k in sdxl.DEFAULTS})
+    schedule = sampler.schedule(device=device)
+    weights = sdxl.sdxl_guidance(schedule, weight, interval)
     model = sdxl.load_sdxl(model, device)
-    print(f'Generating {len(seeds)} images to "{outdir}" ({schedule}; {kwargs["num_steps"]} Heun steps, '
-          f'sigma {kwargs["sigma_max"]:g} -> {kwargs["sigma_min"]:g}, rho {kwargs["rho"]:g})...', flush=True)
-    written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, negative_prompt=negative_prompt,
-                                        guidance=schedule, max_batch_size=max_batch_size, **kwargs)
+    start = 'sqrt(1 + sigma_0^2)' if sampler.init_noise == 'sgm' else 'sigma_0'
+    print(f'Generating {len(seeds)} images to "{outdir}" ({weights}; {sampler.num_steps} Heun steps, '
+          f'sigma {sampler.sigma_max:g} -> {sampler.sigma_min:g}, rho {sampler.rho:g}, start {start} * noise)...',
+          flush=True)
+    written = sdxl.generate_sdxl_images(model, prompt, seeds, outdir, schedule, negative_prompt=negative_prompt,
+                                        guidance=weights, max_batch_size=max_batch_size, empty_negative=empty_negative)
     print('Done.')
     return written
 
 
 def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', seeds=(0, 1), max_batch_size=4,
-                          device=None):
+                          device=None, init_noise='sgm', empty_negative='zeros'):
     """The GI paper's SD-XL comparisons (`--figs=sdxl-fig6,sdxl-fig8-hi,sdxl-fig8-lo` or `all`) as
     labelled grids `<outdir>/<name>.png`: rows = guidance settings, columns = prompts x seeds."""
     from edmguide import sdxl
     from edmguide.generation import pick_device
     names = sdxl.parse_figures(figs)
+    from edmguide.schedule import SamplerOptions
+    SamplerOptions(init_noise=init_noise)  # checks the name before the model is loaded
+    sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
     check_output_dir(outdir, '--outdir')
     model = sdxl.load_sdxl(model, device)
@@ -150,25 +183,28 @@ def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', s
     for name in names:
         print(f'Rendering {name} ({len(prompts)} prompts x {len(seeds)} seeds)...', flush=True)
         written.append(sdxl.render_sdxl_figure(model, name, prompts, list(seeds), outdir,
-                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size))
+                                               negative_prompt=negative_prompt, max_batch_size=max_batch_size,
+                                               init_noise=init_noise, empty_negative=empty_negative))
         print(f'Wrote {written[-1]}')
     print('Done.')
     return written
 
 
-def generate_dit(model, outdir, *, seeds, class_idx=None, guidance=None, guidance_interval=None,
-                 guidance_sigma=None, numerics=None, seed=0, figs=None, max_batch_size=32, subdirs=False,
-                 overwrite=False, device=None, **dit_options):
+def generate_dit(model, outdir, *, seeds, class_idx=None, guidance=None, interval=None, numerics=None, seed=0,
+                 figs=None, max_batch_size=32, subdirs=False, overwrite=False, device=None, dit_vae=None,
+                 dit_embedding='dit', dit_mapping='paper', dit_guide_channels='3'):
     """DiT mode: per-seed PNGs, DiT sample.py's batch (numerics 'dit') or the comparison grid
-    (figs 'comparison'); without a guidance option, the paper's FID setting w = 2.5 on (0.34, 1.02]."""
+    (figs 'comparison'); `interval` a `guidance.Interval`, None (no guidance option given) for the
+    paper's FID setting w = 2.5 on (0.34, 1.02]."""
     from edmguide.generation import pick_device
     from edmguide.models import dit, dit_generation
-    device = pick_device(device)
     weight = dit.DEFAULT_GUIDANCE if guidance is None else guidance
-    options = dict(mapping=dit_options.get('dit_mapping', dit.DEFAULT_MAPPING),
-                   guide_channels=dit_options.get('dit_guide_channels', '3'),
-                   embedding=dit_options.get('dit_embedding', 'dit'),
-                   vae=dit_options.get('dit_vae', dit_generation.DEFAULT_VAE), overwrite=overwrite, device=device)
+    dit_options = dit.DiTOptions(mapping=dit_mapping, guide_channels=dit_guide_channels,
+                                 numerics='dit' if numerics == 'dit' else 'per-seed')
+    dit_generation.check_options(dit_options, dit_embedding)
+    device = pick_device(device)
+    options = dict(options=dit_options, embedding=dit_embedding, vae=dit_vae or dit_generation.DEFAULT_VAE,
+                   overwrite=overwrite, device=device)
     if numerics == 'dit' and (isinstance(seed, bool) or seed < 0):
         raise UserError(f'--seed={seed}: seeds are non-negative integers')
     if figs is not None:
@@ -182,25 +218,24 @@ def generate_dit(model, outdir, *, seeds, class_idx=None, guidance=None, guidanc
             raise UserError('--numerics=dit needs --class: the class list of DiT\'s sample.py (one image per class)')
         classes = list(class_idx) if isinstance(class_idx, tuple) else [class_idx]
         return dit_generation.generate_dit_reference_images(model, outdir, classes=classes, seed=seed, guidance=weight,
-                                                            interval=guidance_interval, sigma_range=guidance_sigma,
-                                                            **options)
+                                                            interval=interval, **options)
     from torch_utils import distributed as dist
     dist.init()
     return dit_generation.generate_dit_images(model, outdir, seeds=seeds, class_idx=class_idx, guidance=weight,
-                                              interval=guidance_interval, sigma_range=guidance_sigma,
-                                              max_batch_size=max_batch_size, subdirs=subdirs, **options)
+                                              interval=interval, max_batch_size=max_batch_size, subdirs=subdirs,
+                                              **options)
 
 
-SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'guidance',
+SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'guidance',
                 'guidance_interval', 'guidance_sigma', 'device', 'verbose', 'threads', 'num_steps', 'sigma_min',
                 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
-SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'outdir', 'seeds', 'max_batch_size', 'device',
+SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'device',
                        'verbose', 'threads')
-SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt')
+SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative')
 FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
-DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels', 'overwrite')
-DIT_COMMON = ('dit', 'outdir', 'device', 'verbose', 'threads') + DIT_ONLY_OPTIONS
+DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels')
+DIT_COMMON = ('dit', 'outdir', 'device', 'verbose', 'threads', 'overwrite') + DIT_ONLY_OPTIONS
 DIT_OPTIONS = DIT_COMMON + ('seeds', 'class_idx', 'max_batch_size', 'subdirs', 'guidance', 'guidance_interval',
                             'guidance_sigma', 'numerics')
 DIT_SAMPLE_PY_OPTIONS = DIT_COMMON + ('seed', 'class_idx', 'guidance', 'guidance_interval', 'guidance_sigma', 'numerics')
@@ -252,20 +287,28 @@ def _refuse_unused(given, used, mode):
               "default the paper's FID setting w = 2.5 on sigma in (0.34, 1.02] (75 of 250 steps; CFG at every "
               'step: --guidance=1.5 --guidance_sigma="(0, inf]")', metavar='MODEL')
 @click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
-@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), default='dit', show_default=True,
+@click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), default='dit', show_default=True,
               help="DiT mode: timestep embedding of DiT's code, or diffusers' as it ships")
 @click.option('--dit_mapping', type=click.Choice(['paper', 'model']), default='paper', show_default=True,
               help="DiT mode: a step's sigma: the paper's Appendix A (EDM iDDPM u_{1000-t}) or the model's "
               'sqrt((1-abar_t)/abar_t)')
 @click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), default='3', show_default=True,
               help="DiT mode: latent channels guided (DiT's forward_with_cfg guides 3 of 4)")
-@click.option('--overwrite', help='DiT mode: replace existing images', is_flag=True)
+@click.option('--overwrite', help='Seed mode: delete the images of other settings in --outdir and start over; '
+              'DiT mode: replace existing images',
+              is_flag=True)
+@click.option('--sdxl_noise', type=click.Choice(['sgm', 'edm']), default='sgm', show_default=True,
+              help='SD-XL mode: starting state; sgm = sqrt(1+sigma_0^2)*noise (generative-models, the paper), '
+                   'edm = sigma_0*noise')
+@click.option('--empty_negative', type=click.Choice(['zeros', 'encode']), default='zeros', show_default=True,
+              help='SD-XL mode: an empty --negative_prompt gives zero embeddings (zeros, when the model sets '
+                   'force_zeros_for_empty_prompt) or the encoded "" (encode, diffusers with negative_prompt="")')
 @cli.verbose_option('Print sampler details')
 @threads.threads_option
 @cli.sampler_options
 def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, numerics,
-         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, dit,
-         dit_vae, dit_embedding, dit_mapping, dit_guide_channels, overwrite, **opts):
+         cond_pkl, uncond_pkl, figs, results_dir, seed, verbose, device, sdxl, prompt, negative_prompt, sdxl_noise,
+         empty_negative, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, sampler, **opts):
     """Generate images using the given model(s)."""
     given = _options_given(click.get_current_context())
 
@@ -285,17 +328,16 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 _refuse_unused(given, DIT_OPTIONS, '--dit samples per seed (--numerics=dit for sample.py)')
                 if numerics is not None:
                     raise UserError(f'--numerics={numerics} is an EDM2 sampler; with --dit give dit or nothing')
-            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
-            if guidance_interval is not None and interval is None:  # "None": every step (CFG)
-                sigma_range = (0.0, float('inf'))
-            dit_options = {name: value for name, value in (('dit_vae', dit_vae), ('dit_embedding', dit_embedding),
-                                                           ('dit_mapping', dit_mapping),
-                                                           ('dit_guide_channels', dit_guide_channels))
-                           if value is not None}
+            interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
+                        if guidance_interval is not None or guidance_sigma is not None else None)
+            if interval is None and opts['guidance'] is not None:
+                cli.parse_guidance_options(None, None, opts['guidance'])  # the weight, checked before any work
             return generate_dit(dit, outdir, seeds=parse_seed_list(seeds), class_idx=opts['class_idx'],
-                                guidance=opts['guidance'], guidance_interval=interval, guidance_sigma=sigma_range,
-                                numerics=numerics, seed=seed, figs=figs, max_batch_size=opts['max_batch_size'],
-                                subdirs=opts['subdirs'], overwrite=overwrite, device=device, **dit_options)
+                                guidance=opts['guidance'], interval=interval, numerics=numerics, seed=seed, figs=figs,
+                                max_batch_size=opts['max_batch_size'], subdirs=opts['subdirs'],
+                                overwrite=opts['overwrite'], device=device, dit_vae=dit_vae,
+                                dit_embedding=dit_embedding, dit_mapping=dit_mapping,
+                                dit_guide_channels=dit_guide_channels)
         misplaced = [given[name] for name in DIT_ONLY_OPTIONS if name in given]
         if misplaced or numerics == 'dit':
             raise UserError(f'{", ".join(misplaced) or "--numerics=dit"} only apply with --dit')
@@ -311,18 +353,21 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 _refuse_unused(given, SDXL_FIGURE_OPTIONS, "--sdxl --figs renders the paper's SD-XL comparisons "
                                                            'with its sampler settings')
                 return generate_sdxl_figures(sdxl, figs, list(prompt), outdir, negative_prompt=negative_prompt,
-                                             seeds=parse_seed_list(seeds), device=device,
+                                             seeds=parse_seed_list(seeds), device=device, init_noise=sdxl_noise,
+                                             empty_negative=empty_negative,
                                              max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4)
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
                 raise UserError('--prompt given more than once: only --figs takes several prompts')
-            interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
-            from edmguide.sampling import OPTION_KEYS
-            sampler = {k: v for k, v in opts.items() if k in OPTION_KEYS and k in given}  # others: SD-XL defaults
+            from edmguide import sdxl as sdxl_lib
+            interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
+                        if guidance_interval is not None or guidance_sigma is not None else None)
+            fields = {k: getattr(sampler, k) for k in cli.SAMPLER_FIELDS if k in given}  # others: SD-XL defaults
             return generate_sdxl(sdxl, prompt[0], outdir, negative_prompt=negative_prompt, guidance=opts['guidance'],
-                                 guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
+                                 interval=interval, sampler=sdxl_lib.default_options(init_noise=sdxl_noise, **fields),
+                                 seeds=parse_seed_list(seeds),
                                  max_batch_size=opts['max_batch_size'] if 'max_batch_size' in given else 4,
-                                 device=device, verbose=verbose, **sampler)
+                                 device=device, verbose=verbose, empty_negative=empty_negative)
         misplaced = [given[name] for name in SDXL_ONLY_OPTIONS if name in given]
         if misplaced:
             raise UserError(f'{", ".join(misplaced)} only apply with --sdxl')
@@ -337,7 +382,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         from edmguide import presets
         from edmguide.seeds import parse_seed_list
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(guidance_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
         if preset is not None:
             chosen = presets.get_preset(preset)
@@ -346,8 +391,9 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             for key in ('net', 'gnet', 'guidance'):
                 if settings[key] is None:
                     settings[key] = chosen[key]
-            if interval is None and sigma_range is None and chosen.get('guidance_interval'):
-                interval = tuple(chosen.guidance_interval)
+            if interval.kind == 'all' and chosen.get('guidance_interval'):
+                from edmguide.guidance import Interval
+                interval = Interval.of_steps(*chosen.guidance_interval)
         if settings['net'] is None:
             raise click.UsageError('Please specify either --preset or --net')
         if settings['guidance'] is not None and settings['guidance'] != 1 and settings['gnet'] is None:
@@ -356,8 +402,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             raise click.UsageError('Please specify --outdir')
         dist.init()
         return generate_seed_images(settings['net'], outdir, gnet=settings['gnet'], guidance=settings['guidance'],
-                                    guidance_interval=interval, guidance_sigma=sigma_range, seeds=parse_seed_list(seeds),
-                                    numerics=numerics or 'edm2', device=device, verbose=verbose, **opts)
+                                    interval=interval, sampler=sampler.replace(mode=numerics or 'edm2'),
+                                    seeds=parse_seed_list(seeds), device=device, verbose=verbose, **opts)
     run_cli(work)
 
 

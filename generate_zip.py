@@ -23,36 +23,32 @@ from edmguide.errors import UserError, run_cli  # noqa: E402
 RESUME_HINT = 'rerun the same command to continue where it stopped (finished images are kept)'
 
 
-def _json_value(value):
-    """A sampler option as it is recorded in the settings (JSON): infinity and dtypes as strings."""
-    import torch
-    if value == float('inf'):
-        return 'inf'
-    return str(value) if isinstance(value, torch.dtype) else value
-
-
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
-                 batch_size_decoder=8, guidance_scale=2.0, guidance_interval=(17, 22), guidance_sigma=None,
-                 seed=0, numerics='gi', device=None, verbose=False, progress=True, overwrite=False,
-                 **sampler_kwargs):
+                 batch_size_decoder=8, guidance_scale=2.0, interval=None, sampler=None,
+                 seed=0, device=None, verbose=False, progress=True, overwrite=False):
     """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`.
+
+    `interval`: a `guidance.Interval` (None: upstream's default, steps [17, 22]; `Interval()` for
+    every step); `sampler`: the `schedule.SamplerOptions` (None: defaults with 'gi' numerics).
 
     A finished zip of the same name made with other settings is replaced only with `overwrite`
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
-    from edmguide import loading
-    from edmguide.generation import build_guidance, pick_device
-    from edmguide.guidance import method_tag
+    from edmguide import digests, loading
+    from edmguide.generation import pick_device, resolve_guidance
+    from edmguide.guidance import Interval, method_tag
     from edmguide.outputs import check_output_dir
-    from edmguide.sampling import check_sampler_kwargs
+    from edmguide.schedule import SamplerOptions
     from edmguide.zipdump import dump_zip, zip_file_name
     from torch_utils import distributed as dist
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise UserError(f'--seed={seed}: seeds are non-negative integers')
-    check_sampler_kwargs(sampler_kwargs)
+    sampler = sampler or SamplerOptions(mode='gi')
+    interval = interval if interval is not None else Interval.of_steps(17, 22)
+    sampler.check_guidance(guidance_scale, interval, '--guidance_scale')
     device = pick_device(device)
     check_output_dir(zip_dir, '--zip_dir')  # before any network is loaded
     guided = guidance_scale != 1
@@ -60,16 +56,15 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
         raise UserError('guidance needs a guiding network: give --uncond_pkl (or --gnet)')
     net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl if guided else None, device,
                                                encoder_batch_size=batch_size_decoder, verbose=verbose)
-    guidance = build_guidance(guidance_scale, interval=guidance_interval, sigma_range=guidance_sigma, net=net,
-                              mode=numerics, device=device, **sampler_kwargs)
-    method = method_tag(guidance_interval if guidance_interval is not None else guidance_sigma)
-    zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method))
-    settings = dict(net=str(cond_pkl), gnet=str(uncond_pkl) if guided else None, guidance=guidance.as_data(),
-                    numerics=numerics, **{k: _json_value(v) for k, v in sampler_kwargs.items()})
+    schedule = sampler.schedule(net, device=device)
+    guidance = resolve_guidance(schedule, guidance_scale, interval, what='--guidance_scale')
+    zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method_tag(interval)))
+    inputs = digests.input_record(net=cond_pkl, gnet=uncond_pkl if guided else None)  # content, not path
+    settings = dict(inputs=inputs, guidance=guidance.as_data(), **sampler.as_record())
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
-    stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), settings=settings, gnet=gnet,
-                     guidance=guidance, batch_size=batch_size, device=device, mode=numerics, verbose=verbose,
-                     progress=progress, overwrite=overwrite, **sampler_kwargs)
+    stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), schedule, settings=settings, gnet=gnet,
+                     guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,
+                     progress=progress, overwrite=overwrite)
     if verbose and dist.get_rank() == 0 and 'timing' in stats:
         t = stats['timing']
         print('Timing (s): ' + ', '.join(f'{k} {v:.2f}' for k, v in t.items()))
@@ -101,13 +96,14 @@ DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channe
 @click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler, a random "
               "class per seed; default guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL')
 @click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
-@click.option('--dit_embedding', type=click.Choice(['dit', 'diffusers']), help="DiT mode: timestep embedding  [default: dit]")
+@click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), help="DiT mode: timestep embedding  [default: dit]")
 @click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]")
 @click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]')
 @cli.verbose_option('Per-batch timing')
 @threads.threads_option
 @cli.sampler_options
-def main(guidance_interval, guidance_sigma, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, **kwargs):
+def main(guidance_interval, guidance_sigma, numerics, sampler, dit, dit_vae, dit_embedding, dit_mapping,
+         dit_guide_channels, **kwargs):
     """Generate a zip of images with guidance limited to an interval (or CFG / autoguidance)."""
     ctx = click.get_current_context()
     interval_given = ctx.get_parameter_source('guidance_interval').name != 'DEFAULT'
@@ -122,19 +118,18 @@ def main(guidance_interval, guidance_sigma, dit, dit_vae, dit_embedding, dit_map
             from edmguide.models import dit as ditlib, dit_generation
             from edmguide.generation import pick_device
             from torch_utils import distributed as dist
-            interval, sigma_range = cli.parse_guidance_options(guidance_interval if interval_given else None,
-                                                               guidance_sigma)
-            if interval_given and interval is None:  # "None": every step, as upstream (CFG)
-                sigma_range = (0.0, float('inf'))
-            options = dict(mapping=dit_mapping, guide_channels=dit_guide_channels, embedding=dit_embedding,
-                           vae=dit_vae)
+            weight = kwargs['guidance_scale'] if 'guidance_scale' in given else ditlib.DEFAULT_GUIDANCE
+            interval = (cli.parse_guidance_options(guidance_interval if interval_given else None, guidance_sigma,
+                                                   weight, '--guidance_scale')
+                        if interval_given or guidance_sigma is not None else None)  # None: the paper's FID interval
+            dit_options = ditlib.DiTOptions(mapping=dit_mapping or ditlib.DEFAULT_MAPPING,
+                                            guide_channels=dit_guide_channels or '3')
             dist.init()
             return dit_generation.generate_dit_zip(
                 dit, kwargs['zip_dir'], num_images=kwargs['num_images'], seed=kwargs['seed'],
-                batch_size=kwargs['batch_size'], interval=interval, sigma_range=sigma_range,
-                guidance=kwargs['guidance_scale'] if 'guidance_scale' in given else ditlib.DEFAULT_GUIDANCE,
-                device=pick_device(kwargs['device']), verbose=kwargs['verbose'], overwrite=kwargs['overwrite'],
-                **{k: v for k, v in options.items() if v is not None})
+                batch_size=kwargs['batch_size'], guidance=weight, interval=interval, options=dit_options,
+                embedding=dit_embedding or 'dit', vae=dit_vae or dit_generation.DEFAULT_VAE,
+                device=pick_device(kwargs['device']), verbose=kwargs['verbose'], overwrite=kwargs['overwrite'])
         misplaced = [given[name] for name in DIT_ONLY_OPTIONS if name in given]
         if misplaced:
             raise UserError(f'{", ".join(misplaced)} only apply with --dit')
@@ -143,9 +138,10 @@ def main(guidance_interval, guidance_sigma, dit, dit_vae, dit_embedding, dit_map
         # The upstream default "[17, 22]" yields to an explicit --guidance_sigma.
         explicit_interval = guidance_interval if (interval_given or guidance_sigma is None) else None
         from torch_utils import distributed as dist
-        interval, sigma_range = cli.parse_guidance_options(explicit_interval, guidance_sigma)
+        interval = cli.parse_guidance_options(explicit_interval, guidance_sigma, kwargs['guidance_scale'],
+                                              '--guidance_scale')
         dist.init()
-        generate_zip(guidance_interval=interval, guidance_sigma=sigma_range, **kwargs)
+        generate_zip(interval=interval, sampler=sampler.replace(mode=numerics), **kwargs)
     run_cli(work, resume_hint=RESUME_HINT)
 
 

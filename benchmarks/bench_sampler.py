@@ -12,14 +12,14 @@ ORDER = 10
 
 def bench_sampler(cfg, device, log):
     from edmguide import sampling
-    from edmguide.generation import build_guidance
-    from edmguide.guidance import GuidanceSchedule
+    from edmguide.guidance import GuidanceSchedule, Interval
     net = build_net(cfg['main'], 1, device)
     cfg_guide = build_net(cfg['cfg_guide'], 2, device)
     auto_guide = build_net(cfg['auto_guide'], 3, device)
     batch, mode = cfg['batch'], 'gi'
     num_steps, iv = cfg.get('num_steps', NUM_STEPS), cfg.get('interval', INTERVAL)
-    interval = build_guidance(GUIDANCE_WEIGHT, interval=iv, net=net, mode=mode, num_steps=num_steps)
+    schedule = sampling.SamplerOptions(num_steps=num_steps, mode=mode).schedule(net, device=device)
+    interval = schedule.guidance(GUIDANCE_WEIGHT, Interval.of_steps(*iv))
     constant = GuidanceSchedule.constant(GUIDANCE_WEIGHT)
     int_name = f'interval [{iv[0]}, {iv[1]}]'
     methods = [('no guidance', None, GuidanceSchedule.none()), ('CFG', cfg_guide, constant),
@@ -80,8 +80,8 @@ def bench_sampler(cfg, device, log):
                     synchronize(device)
                     current['run_net_s'] = 0.0
                     w0, c0 = time.perf_counter(), clock()
-                    sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode,
-                                    num_steps=num_steps, counter=counter)
+                    sampling.sample(net, noise, labels, gnet=gnet, guidance=guidance, schedule=schedule,
+                                    counter=counter)
                     c1 = clock()
                     wall_times[name].append(time.perf_counter() - w0)
                     times[name].append(c1 - c0)

@@ -48,8 +48,9 @@ def _run(args):
 def _evaluations(weights, intervals):
     net = loading.load_networks(FILES.cond, None, 'cpu')[0]
     settings = sweep.expand_settings([float(w) for w in weights], sweep.parse_intervals(intervals), ['g'])
-    schedules, sigmas = sweep.setting_schedules(net, settings, mode='edm2', device='cpu')
-    made, separate = sampling.tree_evaluations(sampling.step_keys([(object(), g) for g in schedules], sigmas))
+    schedule = sampling.SamplerOptions().schedule(net, device='cpu')
+    guidance = sweep.setting_guidance(schedule, settings)
+    made, separate = sampling.tree_evaluations(sampling.step_keys([(object(), g) for g in guidance], schedule))
     return settings, made.net + made.gnet, separate.net + separate.gnet
 
 

@@ -13,6 +13,8 @@ ORDER = 20
 def bench_pipeline(cases, device, log, tmpdir):
     import dnnlib
     import generate_zip as gz
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
     from edmguide import images as imagelib, loading
     from training.encoders import StandardRGBEncoder
     results = []
@@ -38,8 +40,8 @@ def bench_pipeline(cases, device, log, tmpdir):
             zip_stats = gz.generate_zip(paths['cond'], paths['uncond'], zip_dir=folder,
                                         num_images=case['num_images'], batch_size=case['batch_size'],
                                         guidance_scale=GUIDANCE_WEIGHT,
-                                        guidance_interval=case.get('interval', INTERVAL),
-                                        num_steps=case.get('num_steps', NUM_STEPS),
+                                        interval=Interval.of_steps(*case.get('interval', INTERVAL)),
+                                        sampler=SamplerOptions(num_steps=case.get('num_steps', NUM_STEPS), mode='gi'),
                                         device=str(device), progress=False)
             synchronize(device)
             wall = time.perf_counter() - t0

@@ -52,6 +52,11 @@ def discover(log=print):
     return sorted(modules, key=lambda m: (m.ORDER, m.SECTION))
 
 
+def markdown_lines(part):
+    """A section's markdown as lines: sections return a list of lines or one string (a string is
+    split into its lines, not into characters)."""
+    return part.splitlines() if isinstance(part, str) else list(part)
+
 def render_markdown(result, modules):
     m = result['machine']
     out = [f"# edmguide benchmarks ({m['device']}, {m['date']})", '',
@@ -62,7 +67,7 @@ def render_markdown(result, modules):
            f"Mode: {'quick' if result['quick'] else 'full'}; total {result['total_s']:.0f} s.", '']
     for module in modules:
         if module.SECTION in result:
-            out += list(module.markdown(result[module.SECTION]))
+            out += markdown_lines(module.markdown(result[module.SECTION]))
         elif module.SECTION + '_error' in result:
             out += [f"**Section {module.SECTION} failed:** {result[module.SECTION + '_error']}", '']
     return '\n'.join(out)

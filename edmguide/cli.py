@@ -4,7 +4,7 @@ Only parsing and validation live here; the work is done by library functions. Th
 nothing heavy (no torch), so that `--help` and option errors answer at once.
 
 One voice: every error a script prints is one `error: <message>` line on stderr, option errors
-included (`Command`/`Group` print click's usage errors in that form, after the usage line).
+included (`Command`/`Group` print click's usage errors in that form, and nothing else).
 """
 
 import functools
@@ -22,14 +22,21 @@ PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python cod
                '(README: "Weights without code").')
 
 
-def parse_guidance_options(interval_text, sigma_text):
-    """(--guidance_interval, --guidance_sigma) strings -> (step interval or None, sigma range or None)."""
-    from edmguide.guidance import parse_interval, parse_sigma_range
-    interval = parse_interval(interval_text) if interval_text is not None else None
-    sigma_range = parse_sigma_range(sigma_text) if sigma_text is not None else None
-    if interval is not None and sigma_range is not None:
-        raise UserError('use either --guidance_interval (step indices) or --guidance_sigma (noise range), not both')
-    return interval, sigma_range
+SAMPLER_FIELDS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_min', 'S_max', 'S_noise')
+
+
+def parse_guidance_options(interval_text, sigma_text, weight=None, weight_option='--guidance'):
+    """(--guidance_interval, --guidance_sigma) strings -> one `guidance.Interval` (every step if
+    neither); the guidance weight, if given, is checked with them (`guidance.check_weight`), before any work."""
+    from edmguide.guidance import Interval, check_weight
+    if weight is not None:
+        check_weight(weight, weight_option)
+    return Interval.from_options(interval_text, sigma_text)
+
+
+# --dit_embedding's choices: `edmguide.models.dit_net.EMBEDDINGS` (spelled out so that --help does not
+# import torch; tests/test_dit_generation.py checks that the two agree).
+DIT_EMBEDDINGS = ('dit', 'diffusers')
 
 
 class ClassList(click.ParamType):
@@ -54,14 +61,16 @@ def verbose_option(help_text):
 
 
 def sampler_options(func):
-    """The EDM sampler's options, as in upstream EDM2's generate_images.py, checked together (by
-    `sampling.check_sampler_options`, the sampler's own check) before the command runs."""
+    """The EDM sampler's options, as in upstream EDM2's generate_images.py, parsed into one
+    `schedule.SamplerOptions` (checked as a whole when made) passed to the command as `sampler`
+    (mode 'edm2'; the command sets `mode` from its --numerics with `sampler.replace(mode=...)`)."""
 
     @functools.wraps(func)
     def checked(*args, **kwargs):
-        from edmguide.sampling import check_sampler_kwargs  # imports torch: only once a command runs
+        from edmguide.schedule import SamplerOptions  # imports torch: only once a command runs
+        fields = {key: kwargs.pop(key) for key in SAMPLER_FIELDS}
         try:
-            check_sampler_kwargs(kwargs)
+            kwargs['sampler'] = SamplerOptions(**fields)
         except UserError as exc:
             raise click.UsageError(str(exc)) from None
         return func(*args, **kwargs)
@@ -82,12 +91,10 @@ def sampler_options(func):
 
 
 def show_click_error(exc):
-    """A click option/usage error as this project prints errors: usage hint, then `error: <message>`."""
-    ctx = getattr(exc, 'ctx', None)
-    if ctx is not None:
-        click.echo(ctx.get_usage(), err=True)
-        click.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
-    click.echo(f'error: {exc.format_message()}', err=True)
+    """A click option/usage error as this project prints every error: one `error: <message>` line,
+    instead of click's usage line, `Try --help` line and message."""
+    message = ' '.join(exc.format_message().split())  # click may wrap a message over lines
+    click.echo(f'error: {message}', err=True)
 
 
 class _OneVoice:

@@ -1,6 +1,6 @@
 """Convert a network pickle into a verified `.safetensors` file that loads without running code.
 
-    python -m edmguide.convert IN.pkl OUT.safetensors
+    python -m edmguide.convert IN.pkl OUT.safetensors [--overwrite]
 
 Opening IN runs the Python code embedded in the pickle, once; this is the only step that does.
 The network must be of a class this project implements (`edmguide.weights.NETWORK_CLASSES`: EDM2
@@ -10,7 +10,14 @@ with `ema`, bare module). Before anything is written, the converted bytes are lo
 code-free loader and compared with the pickle's own objects: module tree, every plain attribute,
 the sigma range samplers read, the encoder's state, and the outputs on fixed random inputs (eight
 noise levels, with and without class labels, and the log-variance head) to 1e-6 relative. Any
-difference refuses the conversion with one line naming it. The file is written atomically.
+difference refuses the conversion with one line naming it. That check runs on the CPU in float32;
+the pickle's embedded source is also compared with this project's (`edmguide.embedded_source`),
+and the verdict is printed and recorded in the metadata (`code`).
+
+OUT is written atomically, and never replaces anything silently: an OUT that is the input itself
+(a link, another spelling) is refused; an existing OUT that holds this same conversion (same pickle,
+same verified content) is reported as done and left as it is; any other existing OUT is refused
+(before the pickle is opened where the file shows it) unless `--overwrite` is given.
 """
 
 import hashlib
@@ -22,7 +29,7 @@ import click
 import numpy as np
 import torch
 
-from edmguide import loading, weights
+from edmguide import embedded_source, loading, weights
 from edmguide.errors import UserError, run_cli
 from edmguide.images import atomic_write
 from edmguide.outputs import check_output_file
@@ -61,15 +68,28 @@ def describe_encoder(encoder, name):
                         f'(convertible: {weights.known_list(weights.ENCODER_CLASSES)})')
     return dict({'class': qualname}, **weights.describe(encoder, f'{name}: encoder'))
 
-def to_safetensors(net, encoder, name, source_sha256):
-    """The bytes of the `.safetensors` file for a loaded `(net, encoder)`."""
+def check_code(net, encoder, name):
+    """What the pickle's embedded source is, against this project's modules (edmguide.embedded_source)."""
+    entries = []
+    for obj, known in [(net, weights.NETWORK_CLASSES), (encoder, weights.ENCODER_CLASSES)]:
+        if obj is None:
+            continue
+        qualname = weights.registered_name(obj, known)
+        if qualname is None:
+            continue  # describe_network / describe_encoder refuse it with their own line
+        entries.append(embedded_source.check(obj, weights._import(qualname), qualname.rpartition('.')[0]))
+    return entries
+
+def to_safetensors(net, encoder, name, source_sha256, code=None):
+    """The bytes of the `.safetensors` file for a loaded `(net, encoder)` (metadata sealed)."""
     import safetensors.torch
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     meta = dict(format=weights.FORMAT, format_version=weights.FORMAT_VERSION,
                 net=describe_network(net, name), encoder=describe_encoder(encoder, name),
                 source=dict(file=os.path.basename(name.split('?', 1)[0]), sha256=source_sha256),
+                code=check_code(net, encoder, name) if code is None else code,
                 weights_sha256=weights.weights_sha256(state), torch_version=torch.__version__)
-    text = json.dumps(meta, allow_nan=False)
+    text = json.dumps(weights.seal(meta), allow_nan=False)
     return safetensors.torch.save({weights.NET_PREFIX + k: v for k, v in state.items()},
                                   metadata={weights.METADATA_KEY: text})
 
@@ -189,8 +209,36 @@ def check_encoder(orig, rebuilt, name):
 
 #----------------------------------------------------------------------------
 
-def convert(src, dest, *, verbose=True):
-    """Convert pickle `src` (path or URL) to `dest` (.safetensors); returns a summary dict."""
+# Fields that do not make two conversions different: the torch version that wrote the file, and
+# the digests (which follow from the rest).
+_NOT_CONTENT = ('torch_version',) + weights.DIGEST_KEYS
+
+def content_fields(meta):
+    return {k: v for k, v in weights.metadata_fields(meta).items() if k.split('.')[0] not in _NOT_CONTENT}
+
+def existing_output(dest, source_sha256):
+    """The verified metadata of an existing `dest` converted from the same pickle, else a UserError
+    saying why it will not be replaced without --overwrite. Reads the file, runs nothing."""
+    again = 'use --overwrite to replace it'
+    try:
+        meta, _ = weights.verified_parts(weights.read_file(dest, dest), dest)
+    except UserError as exc:
+        reason = str(exc)[len(dest) + 2:] if str(exc).startswith(dest + ': ') else str(exc)
+        raise UserError(f'{dest}: exists and is not a verified conversion ({reason}); {again}') from None
+    source = meta.get('source') if isinstance(meta.get('source'), dict) else {}
+    if source.get('sha256') != source_sha256:
+        raise UserError(f'{dest}: exists, converted from another file ({source.get("file")!r}, sha256 '
+                        f'{str(source.get("sha256"))[:12]}...); {again}')
+    return meta
+
+def convert(src, dest, *, overwrite=False, verbose=True):
+    """Convert pickle `src` (path or URL) to `dest` (.safetensors); returns a summary dict.
+
+    An existing `dest` is replaced only with `overwrite`; without it, one holding this very
+    conversion (same pickle, same verified content) is left as it is and reported as done
+    (`summary['unchanged']`), anything else is refused before the pickle is opened where the
+    difference shows without opening it (another source pickle, not a verified file), else after.
+    """
     src, dest = os.fspath(src), os.fspath(dest)
     if not weights.is_safetensors(dest):
         raise UserError(f'{dest}: the output name must end in {weights.SUFFIX}')
@@ -198,35 +246,64 @@ def convert(src, dest, *, verbose=True):
         raise UserError(f'{src}: is already a {weights.SUFFIX} file')
     check_output_file(dest, 'OUT')
     local = loading._open_download(src, verbose=verbose)
-    if os.path.exists(dest) and os.path.samefile(local, dest):
-        raise UserError(f'{dest}: would overwrite the input')
+    if os.path.exists(dest) and os.path.samefile(local, dest):  # what the paths are: links, other spellings
+        raise UserError(f'{dest}: is the input file itself ({src}); choose another output name')
     source_sha256 = sha256_file(local)
+    old = None
+    if os.path.lexists(dest) and not overwrite:
+        old = existing_output(dest, source_sha256)
     if verbose:
         print(f'{src}: opening a pickle runs the Python code inside it; this happens once, here', file=sys.stderr)
     net, encoder = loading.load_network(src, 'cpu')
     qualname = describe_network(net, src)['class']
-    data = to_safetensors(net, encoder, src, source_sha256)
+    code = check_code(net, encoder, src)
+    data = to_safetensors(net, encoder, src, source_sha256, code)
     rebuilt, rebuilt_encoder = weights.load_bytes(data, dest)
     check_structure(net, rebuilt, src)
     check_encoder(encoder, rebuilt_encoder, src)
     worst = compare_outputs(probe(net, qualname), probe(rebuilt, qualname), src)
-    atomic_write(dest, data)
     summary = dict(dest=dest, net=qualname, tensors=len(net.state_dict()), bytes=len(data),
-                   max_rel_diff=worst, source_sha256=source_sha256)
+                   max_rel_diff=worst, source_sha256=source_sha256, code=code, unchanged=False)
+    if old is not None:
+        new, before = content_fields(weights.verified_parts(data, dest)[0]), content_fields(old)
+        changed = next((k for k in list(new) + list(before) if new.get(k, '<absent>') != before.get(k, '<absent>')), None)
+        if changed is not None:
+            raise UserError(f'{dest}: exists, converted from this pickle but with other content (metadata field '
+                            f'{changed}); use --overwrite to replace it')
+        summary['unchanged'] = True
+        if verbose:
+            print(f'{dest}: already holds this conversion (same pickle, same verified content); left unchanged')
+            _report_code(code, encoder)
+        return summary
+    atomic_write(dest, data)
     if verbose:
         print(f'{dest}: {weights.short_name(qualname)}, {summary["tensors"]} tensors, {len(data):,} bytes; '
               f'verified against the pickle (largest relative difference {worst:.3g})')
+        _report_code(code, encoder)
     return summary
+
+def _report_code(code, encoder):
+    """The code check's lines (stdout; a `warning:` on stderr) and a warning for an unknown VAE."""
+    for entry in code:
+        line = embedded_source.describe(entry)
+        print(line, file=sys.stderr if line.startswith('warning:') else sys.stdout)
+    vae_name = getattr(encoder, 'vae_name', None)
+    if vae_name is not None and vae_name not in weights.KNOWN_VAE_NAMES:
+        print(f'warning: the encoder names the VAE {vae_name!r}, not one EDM2 uses; loading the file will '
+              f'need that VAE passed explicitly', file=sys.stderr)
 
 @click.command(context_settings=dict(help_option_names=['-h', '--help']))
 @click.argument('src', metavar='IN.pkl')
 @click.argument('dest', metavar='OUT.safetensors')
-def main(src, dest):
+@click.option('--overwrite', is_flag=True, help='Replace an existing OUT that holds something else')
+def main(src, dest, overwrite):
     """Convert a network pickle (path or URL) to a verified .safetensors file that loads without code.
 
-    Opening IN runs the code inside the pickle (once); loading OUT never does.
+    Opening IN runs the code inside the pickle (once); loading OUT never does. An existing OUT is
+    left alone: one holding this same conversion is reported as done, anything else needs
+    --overwrite.
     """
-    run_cli(convert, src, dest)
+    run_cli(convert, src, dest, overwrite=overwrite)
 
 if __name__ == '__main__':
     main()  # pylint: disable=no-value-for-parameter

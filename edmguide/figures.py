@@ -13,7 +13,9 @@ import numpy as np
 
 import dnnlib
 from edmguide import images as imagelib
-from edmguide.generation import build_guidance, generate_batches, generate_setting_batches
+from edmguide.generation import generate_batches, generate_setting_batches
+from edmguide.guidance import Interval
+from edmguide.schedule import SamplerOptions
 from edmguide.guidance import method_tag
 from edmguide.seeds import gi_seeds
 
@@ -85,10 +87,11 @@ def _scale_inset(inset, resolution):
 def _class_images(net, gnet, encoder, class_idx, seeds, weight, interval, device, verbose):
     """Decoded images (HWC uint8 list) of `seeds` for `class_idx`, GI-style: hashed seeds, fixed label."""
     hashed = gi_seeds(seeds, class_idx)
-    guidance = build_guidance(weight, interval=interval, net=net, mode='gi', device=device)
+    schedule = SamplerOptions(mode='gi').schedule(net, device=device)
+    guidance = schedule.guidance(weight, Interval.of_steps(*interval) if interval is not None else None)
     out = []
-    for batch in generate_batches(net, encoder, hashed, gnet=gnet, guidance=guidance, class_idx=class_idx,
-                                  max_batch_size=64, device=device, rank=0, world_size=1, mode='gi', sync=False):
+    for batch in generate_batches(net, encoder, hashed, schedule, gnet=gnet, guidance=guidance, class_idx=class_idx,
+                                  max_batch_size=64, device=device, rank=0, world_size=1, sync=False):
         out += [imagelib.to_hwc_uint8(img) for img in batch.images]
     if verbose:
         print(f'  class {class_idx}: G={weight} interval={interval} seeds={list(seeds)}')
@@ -131,15 +134,15 @@ def render_figure(name, net, gnet, encoder, results_dir, *, device='cpu', verbos
 # ----------------------------------------------------------------------------
 # Demo comparison grid.
 
-def comparison_tiles(methods, net, encoder, column_classes, column_seeds, *, device='cpu', mode='edm2'):
-    """Rows of HWC uint8 tiles: one row per method (label, guiding net, GuidanceSchedule), one tile per
+def comparison_tiles(methods, net, encoder, column_classes, column_seeds, schedule):
+    """Rows of HWC uint8 tiles: one row per method (label, guiding net, guidance on `schedule`), one tile per
     column (class, seed). Every row uses the same seeds, so the rows differ only by guidance; all rows
     are sampled together (`generate_setting_batches`), sharing the steps where their weights agree."""
     rows = [[] for _ in methods]
     branches = [(gnet, guidance) for _label, gnet, guidance in methods]
-    for batch in generate_setting_batches(net, encoder, column_seeds, branches, class_idx=column_classes,
-                                          max_batch_size=len(column_seeds), device=device, rank=0, world_size=1,
-                                          mode=mode, sync=False):
+    for batch in generate_setting_batches(net, encoder, column_seeds, branches, schedule, class_idx=column_classes,
+                                          max_batch_size=len(column_seeds), device=schedule.sigmas.device,
+                                          rank=0, world_size=1, sync=False):
         for row, images in zip(rows, batch.images):
             row += [imagelib.to_hwc_uint8(img) for img in images]
     return rows
@@ -195,14 +198,14 @@ def layout_comparison(rows, labels, *, scale=4, column_headers=None, group_size=
     return np.concatenate(row_images, axis=0)
 
 
-def render_comparison(methods, net, encoder, classes, seeds, outpath, *, device='cpu', scale=4, mode='edm2'):
-    """Labelled grid: one row per method (label, guiding net, GuidanceSchedule), one column per (class, seed).
+def render_comparison(methods, net, encoder, classes, seeds, outpath, schedule, *, scale=4):
+    """Labelled grid: one row per method (label, guiding net, guidance on `schedule`), one column per (class, seed).
 
     Every row uses the same seeds, so the rows differ only by guidance. Returns the grid array.
     """
     column_seeds = [s for _ in classes for s in seeds]
     column_classes = [c for c in classes for _ in seeds]
-    rows = comparison_tiles(methods, net, encoder, column_classes, column_seeds, device=device, mode=mode)
+    rows = comparison_tiles(methods, net, encoder, column_classes, column_seeds, schedule)
     headers = ([f'class {c}' for c in classes], [f'seed {s}' for s in column_seeds])
     grid = layout_comparison(rows, [label for label, _gnet, _guidance in methods], scale=scale,
                              column_headers=headers, group_size=len(seeds))

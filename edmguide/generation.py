@@ -16,15 +16,17 @@ import torch
 import dnnlib
 from edmguide import sampling, seeds as seedlib
 from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
 from torch_utils import distributed as dist
 
 
-def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx=None,
+def generate_batches(net, encoder, seeds, schedule, *, gnet=None, guidance=None, class_idx=None,
                      max_batch_size=32, device=torch.device('cpu'), rank=None, world_size=None,
-                     mode='edm2', sync=True, batches=None, **sampler_kwargs):
+                     sync=True, batches=None):
     """Yield one EasyDict per batch of this rank's seeds.
 
+    `schedule`: the `schedule.Schedule` to sample on (`SamplerOptions.schedule(net, device=...)`);
+    its options' `mode` also decides how class labels are drawn (`seeds.draw_noise_and_labels`).
+    `guidance`: as `sampling.sample` takes it, typically `schedule.guidance(weight, interval)`.
     `class_idx`: None (random class per seed, drawn from the seed), one class for all seeds, or a
     sequence with one class per seed.
     Fields: `images` (uint8 NCHW, on `device`), `latents` (sampler output), `labels`, `seeds`,
@@ -34,21 +36,17 @@ def generate_batches(net, encoder, seeds, *, gnet=None, guidance=None, class_idx
     Batching follows upstream EDM2 (numpy.array_split over `world_size` ranks) unless `batches`
     gives this rank's index arrays explicitly (e.g. `seeds.fixed_chunks` dealt over ranks, which
     makes the result independent of the number of processes); `sync` keeps the upstream barrier
-    after every batch when a process group exists (every rank must then get as many batches). `mode` picks the upstream
-    sampler whose arithmetic is reproduced ('edm2' or 'gi') and how class labels are drawn (see
-    `seeds.draw_noise_and_labels`).
+    after every batch when a process group exists (every rank must then get as many batches).
     """
-    for batch in generate_setting_batches(net, encoder, seeds, [(gnet, guidance)], class_idx=class_idx,
+    for batch in generate_setting_batches(net, encoder, seeds, [(gnet, guidance)], schedule, class_idx=class_idx,
                                           max_batch_size=max_batch_size, device=device, rank=rank,
-                                          world_size=world_size, mode=mode, sync=sync, batches=batches,
-                                          **sampler_kwargs):
+                                          world_size=world_size, sync=sync, batches=batches):
         batch.images, batch.latents = batch.images[0], batch.latents[0]
         yield batch
 
 
-def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, max_batch_size=32,
-                             device=torch.device('cpu'), rank=None, world_size=None, mode='edm2', sync=True,
-                             batches=None, sampler=None, **sampler_kwargs):
+def generate_setting_batches(net, encoder, seeds, branches, schedule, *, class_idx=None, max_batch_size=32,
+                             device=torch.device('cpu'), rank=None, world_size=None, sync=True, batches=None):
     """`generate_batches` for several guidance settings of the same seeds at once.
 
     `branches`: list of (gnet, guidance) pairs. Per batch, one EasyDict with `images` and `latents`
@@ -57,20 +55,21 @@ def generate_setting_batches(net, encoder, seeds, branches, *, class_idx=None, m
     `num_batches`, `counter` (evaluations made, shared prefixes computed once: `sampling.sample_tree`)
     and `timing`.
 
-    `sampler`: the tree sampler to run, called as `sampling.sample_tree` is (net, noise, labels,
-    branches, mode=, randn_like=, counter=, **sampler_kwargs); default `sampling.sample_tree`. Another
-    model family's loop plugs in here (DiT's: `edmguide.models.dit.generation_sampler`) and keeps
-    everything else: per-seed generators, batching, decoding, the finiteness check.
+    The schedule owns its sampler (duck-typed): `schedule.check_branches(branches)` checks every
+    branch before the first batch and `schedule.sample_tree(net, noise, labels, branches,
+    randn_like=, counter=)` samples one batch; `schedule.options.mode` decides how labels are drawn.
+    `schedule.Schedule` runs the Heun sampler (`sampling.sample_tree`); another model family's
+    schedule plugs in its own loop (DiT's: `edmguide.models.dit.DiTSchedule`) and keeps everything
+    else: per-seed generators, batching, decoding, the finiteness check.
     """
-    sampling.check_sampler_kwargs(sampler_kwargs)
-    branches = [(gnet, sampling.as_schedule(guidance)) for gnet, guidance in branches]
+    mode = schedule.options.mode
+    schedule.check_branches(branches)  # every branch checked before the first batch
     for batch in _seed_batches(net, seeds, class_idx=class_idx, max_batch_size=max_batch_size, device=device,
                                rank=rank, world_size=world_size, mode=mode, sync=sync, batches=batches):
         counter = sampling.EvalCounter()
         with torch.no_grad():
-            latents = (sampler or sampling.sample_tree)(net, batch.noise, batch.labels, branches, mode=mode,
-                                                        randn_like=batch.rng.randn_like, counter=counter,
-                                                        **sampler_kwargs)
+            latents = schedule.sample_tree(net, batch.noise, batch.labels, branches,
+                                           randn_like=batch.rng.randn_like, counter=counter)
             _synchronize(device)
             t1 = time.perf_counter()
             for lat in latents:
@@ -159,37 +158,11 @@ def check_device(device, requested=None):
         raise UserError(f'--device {name!r}: cannot use it ({first})') from None
 
 
-def build_guidance(weight, interval=None, sigma_range=None, *, net=None, mode='edm2', device=None, note=True,
-                   **sampler_kwargs):
-    """w(σ) from user-level options: a weight, plus step indices [start, stop] or a σ range (lo, hi].
-
-    Step indices are turned into the σ range of the schedule that the sampler will actually use:
-    the same function, options (`sampler_kwargs`, the sampler's options; those of the schedule
-    matter) and `device` (GPU and CPU may round the schedule differently), and in 'gi' mode clamped
-    and rounded by the net, so both forms give identical images. No weight, or weight 1, means no guidance.
-    A σ range whose bounds look like the paper's two-decimal roundings of schedule levels, but which
-    selects other steps than those levels would (e.g. (0.28, 2.90]), gets a note on rank 0 if `note`.
-    """
-    unknown = sorted(set(sampler_kwargs) - set(sampling.SAMPLER_KEYS))
-    if unknown:
-        raise TypeError(f'build_guidance: unknown sampler options {unknown}')
-    if interval is not None and sigma_range is not None:
-        raise UserError('give the guidance interval either as step indices or as a sigma range, not both')
-    if weight is None or weight == 1:
-        return GuidanceSchedule.none()
-    if interval is None and sigma_range is None:
-        return GuidanceSchedule.constant(weight)
-    schedule_kwargs = {k: v for k, v in sampler_kwargs.items() if k in sampling.SCHEDULE_KEYS}
-    sigmas = sampling.sampler_sigmas(net, mode=mode, device=device, **schedule_kwargs)
-    if interval is not None:
-        return GuidanceSchedule.step_indices(weight, interval[0], interval[1], sigmas)
-    schedule = GuidanceSchedule.sigma_range(weight, sigma_range[0], sigma_range[1])
-    intended = schedule.rounded_bounds_hint(sigmas)
-    if note and intended:
-        literal = schedule.to_step_indices(sigmas)
-        guided = f'steps [{literal[0][0]}, {literal[0][1]}]' if literal else 'no step'
-        start, stop, _ = intended[0]
-        dist.print0(f'note: the noise range ({sigma_range[0]:g}, {sigma_range[1]:g}] guides {guided} of this '
-                    f'{len(sigmas) - 1}-step schedule; if it is a range rounded as the paper prints them, '
-                    f'the steps meant are --guidance_interval="[{start}, {stop}]"')
-    return schedule
+def resolve_guidance(schedule, weight, interval=None, *, what='--guidance', note=True):
+    """`schedule.guidance(weight, interval)`, plus a note on rank 0 (if `note`) when a noise range
+    looks like the paper's two-decimal rounding of levels but selects other steps (e.g. (0.28, 2.90])."""
+    guidance = schedule.guidance(weight, interval, what=what)
+    message = schedule.rounded_bounds_note(guidance, interval)
+    if note and message:
+        dist.print0(message)
+    return guidance

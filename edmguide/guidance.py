@@ -22,6 +22,23 @@ import re
 from edmguide.errors import UserError
 
 #----------------------------------------------------------------------------
+# The weight.
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+def check_weight(w, option='--guidance'):
+    """Refuse a guidance weight the sampler cannot use: not a number, infinite, or beyond float32's
+    range (the 'edm2' sampler computes in float32, where 1e39 is infinity; the same limit holds for
+    every mode so that a setting never works in one and fails in the other). Returns w as a float."""
+    try:
+        value = float(w)
+    except (TypeError, ValueError):
+        raise UserError(f'{option}={w!r}: not a number') from None
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise UserError(f'{option}={w!r}: need a finite weight within float32 range (|w| <= {FLOAT32_MAX:.4g})')
+    return value
+
+#----------------------------------------------------------------------------
 # The schedule.
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +56,7 @@ class GuidanceSchedule:
                 raise UserError(f'guidance segment {seg!r} is not (sigma_lo, sigma_hi, w)')
             lo, hi, w = (float(v) for v in seg)
             _check_range(lo, hi)
-            if not math.isfinite(w):
-                raise UserError(f'guidance weight must be finite, got {w}')
+            check_weight(w)
             segs.append((lo, hi, w))
         segs.sort(key=lambda s: -s[1])
         for (lo_a, _hi_a, _), (_lo_b, hi_b, _) in zip(segs, segs[1:]):
@@ -132,9 +148,13 @@ class GuidanceSchedule:
         levels of `sigmas`, when that differs from what the bounds select as written; else None.
 
         (0.28, 2.90] is how the paper prints steps [15, 21] = (0.28304, 2.9015], but taken literally
-        it guides steps [16, 22]. Bounds that are not such roundings never give a hint.
+        it guides steps [16, 22]. Bounds that are not such roundings never give a hint, and neither
+        do bounds that snap to the same level (a range between two levels holds none of them).
         """
-        snapped = self.snapped(sigmas)
+        try:
+            snapped = self.snapped(sigmas)
+        except UserError:  # both bounds nearest to one level: not the rounding of a range of levels
+            return None
         def looks_rounded(bound, level):
             return bound == level or (math.isfinite(bound) and bound > 0 and round(level, 2) == round(bound, 2))
         if any(not (looks_rounded(lo, s_lo) and looks_rounded(hi, s_hi))
@@ -147,6 +167,76 @@ class GuidanceSchedule:
         if not self.is_active:
             return 'no guidance'
         return ', '.join(f'w={w:g} on ({lo:g}, {hi:g}]' for lo, hi, w in self.segments if w != 1)
+
+#----------------------------------------------------------------------------
+# Where guidance applies, as the user wrote it.
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Where guidance applies, before it is resolved on a schedule (`schedule.Schedule.guidance`):
+    kind 'all' (every step), 'steps' (inclusive indices (start, stop)) or 'sigma' (noise range
+    (lo, hi], open below). `grid` names the sweep grid it was expanded from, if any.
+    This is the one value every command-line spelling parses into: `--guidance_interval`,
+    `--guidance_sigma`, the sweep's `--interval`, presets and figure definitions."""
+    kind: str = 'all'
+    steps: tuple = None
+    sigma: tuple = None
+    grid: str = None
+
+    def __post_init__(self):
+        if self.kind not in ('all', 'steps', 'sigma'):
+            raise ValueError(f'interval kind must be all, steps or sigma, got {self.kind!r}')
+        if (self.kind == 'steps') != (self.steps is not None) or (self.kind == 'sigma') != (self.sigma is not None):
+            raise ValueError(f'interval of kind {self.kind!r} with steps={self.steps!r}, sigma={self.sigma!r}')
+        if self.steps is not None:
+            object.__setattr__(self, 'steps', tuple(int(v) for v in self.steps))
+        if self.sigma is not None:
+            object.__setattr__(self, 'sigma', tuple(float(v) for v in self.sigma))
+
+    @classmethod
+    def of_steps(cls, start, stop):
+        return cls('steps', steps=(start, stop))
+
+    @classmethod
+    def of_sigma(cls, lo, hi):
+        _check_range(float(lo), float(hi))
+        return cls('sigma', sigma=(lo, hi))
+
+    @classmethod
+    def from_options(cls, interval_text=None, sigma_text=None):
+        """The pair --guidance_interval ("[a, b]" or "None") / --guidance_sigma ("(lo, hi]"): at most one."""
+        steps = parse_interval(interval_text) if interval_text is not None else None
+        sigma = parse_sigma_range(sigma_text) if sigma_text is not None else None
+        if steps is not None and sigma is not None:
+            raise UserError('use either --guidance_interval (step indices) or --guidance_sigma (noise range), not both')
+        if steps is not None:
+            return cls.of_steps(*steps)
+        return cls.of_sigma(*sigma) if sigma is not None else cls()
+
+    @property
+    def label(self):
+        """Short text for tables and records: all, [a, b] or (lo, hi] (6 significant digits)."""
+        if self.kind == 'all':
+            return 'all'
+        if self.kind == 'steps':
+            return f'[{self.steps[0]}, {self.steps[1]}]'
+        return f'({self.sigma[0]:g}, {self.sigma[1]:g}]'
+
+    def spelling(self):
+        """How a user writes it on the command line, exact (for messages)."""
+        if self.kind == 'steps':
+            return f'--guidance_interval="[{self.steps[0]}, {self.steps[1]}]"'
+        if self.kind == 'sigma':
+            return f'--guidance_sigma="({self.sigma[0]!r}, {self.sigma[1]!r}]"'
+        return 'guidance at every step'
+
+    def as_data(self):
+        """JSON-able exact form: 'all', [a, b] or {'sigma': [lo, hi]} (infinity as the string 'inf')."""
+        if self.kind == 'all':
+            return 'all'
+        if self.kind == 'steps':
+            return list(self.steps)
+        return {'sigma': [v if math.isfinite(v) else 'inf' for v in self.sigma]}
 
 #----------------------------------------------------------------------------
 # Conversions between the two forms.
@@ -176,7 +266,10 @@ def sigma_range_to_indices(sigma_lo, sigma_hi, sigmas):
 
 def method_tag(interval):
     """Upstream file-name tag: 'gi' when guidance is limited to an interval (step indices or a
-    noise range), 'cfg' when it is applied at every step (or not at all)."""
+    noise range: an `Interval` of another kind than 'all', or a (start, stop) pair), 'cfg' when it
+    is applied at every step (an `Interval()` or None)."""
+    if isinstance(interval, Interval):
+        return 'gi' if interval.kind != 'all' else 'cfg'
     return 'gi' if interval is not None else 'cfg'
 
 #----------------------------------------------------------------------------

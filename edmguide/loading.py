@@ -60,6 +60,8 @@ def _open_download(name, *, cache=True, verbose=False):
     """Local filename of a path or URL (downloaded into the dnnlib cache); errors are one line."""
     local = _local_path(name)
     if local is not None:
+        if os.path.isdir(local):
+            raise UserError(f'{name}: is a directory; give the network file inside it (.pkl or .safetensors)')
         if not os.path.isfile(local):
             raise UserError(f'{name}: no such file')
         return local
@@ -72,6 +74,10 @@ def _open_download(name, *, cache=True, verbose=False):
     except Exception as exc:
         reason = _first_line(exc).split(f'{name}: ', 1)[-1]
         raise UserError(f'{name}: cannot download it and it is not in the download cache ({reason})') from exc
+
+def local_file(path_or_url):
+    """The local file of a path or URL (a URL is downloaded into the cache once); errors are one line."""
+    return _open_download(str(path_or_url))
 
 def load_pickle(path_or_url, *, cache=True, verbose=False, note=True):
     """Unpickle a local file or URL (downloads are cached by `dnnlib.util.open_url`).
@@ -130,7 +136,7 @@ def _default_encoder(img_channels):
     from training import encoders
     return encoders.StabilityVAEEncoder() if img_channels == 4 else encoders.StandardRGBEncoder()
 
-def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False):
+def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False, vae=None):
     """Load a denoiser and its pixel encoder: `(net, encoder)`.
 
     A `.safetensors` path or URL (see `edmguide.convert`) gives the same result without unpickling.
@@ -140,10 +146,18 @@ def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False)
     them itself. The encoder is the pickle's own, else the SD VAE encoder for 4-channel nets and
     plain RGB otherwise; it is returned uninitialized (heavy VAE weights load on first use, or via
     `init_encoder`). `encoder` is None when `want_encoder` is False.
+
+    `vae` is the explicit choice of VAE (a diffusers model id or local folder) for a latent-space
+    net: it replaces the name the file or pickle records. Without it, a `.safetensors` whose
+    encoder names a VAE outside `edmguide.weights.KNOWN_VAE_NAMES` is refused (unless
+    `want_encoder` is False: a guiding net's encoder is never used).
     """
     name = os.fspath(path_or_url)
     if is_safetensors(name):
         net, encoder = load_safetensors(name, verbose=verbose)
+        if want_encoder:
+            from edmguide.weights import check_vae_name
+            check_vae_name(encoder, name, vae)
         data = dict(ema=net, encoder=encoder) if hasattr(net, 'img_channels') else net  # bare like toy pickles
     else:
         data = load_pickle(name, verbose=verbose)
@@ -169,17 +183,23 @@ def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False)
         encoder = None
     elif encoder is None and hasattr(net, 'img_channels'):
         encoder = _default_encoder(net.img_channels)
+    if want_encoder and vae is not None:
+        if not hasattr(encoder, 'vae_name'):
+            raise UserError(f'{name}: a VAE was given ({vae}), but this network\'s encoder '
+                            f'({type(encoder).__name__ if encoder is not None else "none"}) uses no VAE')
+        encoder.vae_name = vae
     return net, encoder
 
-def load_networks(net_path, gnet_path, device, *, encoder_batch_size=None, verbose=False):
+def load_networks(net_path, gnet_path, device, *, encoder_batch_size=None, verbose=False, vae=None):
     """What generation needs: `(net, encoder, gnet)`, the encoder initialized; gnet None if no path.
+    `vae`: the explicit VAE choice for the main net's encoder (see `load_network`).
 
     Under torchrun rank 0 loads first, so that only one process downloads into the shared cache.
     """
     from torch_utils import distributed as dist
     if dist.get_rank() != 0:
         dist.barrier()
-    net, encoder = load_network(net_path, device, verbose=verbose)
+    net, encoder = load_network(net_path, device, verbose=verbose, vae=vae)
     if encoder is None:
         raise UserError(f'{os.fspath(net_path)}: network has no image encoder/decoder to produce images with')
     gnet = load_network(gnet_path, device, want_encoder=False)[0] if gnet_path else None

@@ -1,9 +1,9 @@
 """Heun sampler for the EDM probability-flow ODE (Karras et al. 2022, Alg. 2) with guidance.
 
-Small pieces: `noise_levels` builds the schedule, `sampler_sigmas` adds what one upstream mode
-does to it, `guided_denoiser` combines main and guiding net for a weight w, and `sample_tree` loops
-over the schedule it is given, asking each branch's `GuidanceSchedule` for w at every step and
-computing the steps that branches share once; `sample` is its one-branch case.
+Small pieces: `schedule.SamplerOptions` holds the options and builds the `Schedule` (the noise
+levels, with every guidance interval resolved on them), `guided_denoiser` combines main and guiding
+net for a weight w, and `sample_tree` loops over the schedule it is given with each branch's
+per-step weights, computing the steps that branches share once; `sample` is its one-branch case.
 
 Two modes reproduce the two upstream samplers bit for bit (see the compatibility spec):
 - 'edm2' (NVlabs/edm2): float32 throughout, schedule used as is, main net called before the guide;
@@ -21,99 +21,27 @@ import math
 import torch
 
 from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
+from edmguide.schedule import SamplerOptions, Schedule, check_sampler_options, noise_levels, round_sigma
 
-MODES = ('edm2', 'gi')
-_MODE_DTYPE = {'edm2': torch.float32, 'gi': torch.float64}
-# The options that shape the noise schedule (dtype too: float32 and float64 levels differ, so a step
-# interval must be converted on the schedule of the dtype the sampler runs in).
-SCHEDULE_KEYS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'dtype')
-SAMPLER_KEYS = SCHEDULE_KEYS + ('S_churn', 'S_min', 'S_max', 'S_noise')  # every option of the sampler loop
-OPTION_KEYS = tuple(k for k in SAMPLER_KEYS if k != 'dtype')  # the numeric options `check_sampler_options` checks
-# Command-line spelling of each option, for messages.
-_OPTION_NAMES = dict(num_steps='--steps', sigma_min='--sigma_min', sigma_max='--sigma_max', rho='--rho',
-                     S_churn='--S_churn', S_min='--S_min', S_max='--S_max', S_noise='--S_noise')
-
-#----------------------------------------------------------------------------
-# Validating the options as a whole.
-
-def check_sampler_options(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0,
-                          S_max=float('inf'), S_noise=1, *, dtype=torch.float64):
-    """Refuse, with one line naming the option, every setting that would make the images
-    non-finite or meaningless; the command-line parser and the sampler both call this.
-
-    Each option alone must be in range (finite where infinity makes no sense), the combination
-    must make sense (sigma_min < sigma_max, S_min <= S_max), and the schedule they give in `dtype`
-    must be finite, positive and strictly decreasing (no overflow or underflow of sigma**(1/rho)).
-    """
-    def refuse(key, value, need):
-        raise UserError(f'{_OPTION_NAMES[key]}={value!r}: {need}')
-
-    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 2:
-        refuse('num_steps', num_steps, 'need an integer of at least 2 (the schedule needs two noise levels)')
-    for key, value in (('sigma_min', sigma_min), ('sigma_max', sigma_max), ('rho', rho)):
-        if not (math.isfinite(value) and value > 0):
-            refuse(key, value, 'need a finite number > 0')
-    if not sigma_min < sigma_max:
-        raise UserError(f'--sigma_min={sigma_min!r}, --sigma_max={sigma_max!r}: need sigma_min < sigma_max')
-    for key, value in (('S_churn', S_churn), ('S_min', S_min), ('S_noise', S_noise)):
-        if not (math.isfinite(value) and value >= 0):
-            refuse(key, value, 'need a finite number >= 0')
-    if math.isnan(S_max) or S_max < 0:
-        refuse('S_max', S_max, 'need a number >= 0 (inf for no upper limit)')
-    if not S_min <= S_max:
-        raise UserError(f'--S_min={S_min!r}, --S_max={S_max!r}: need S_min <= S_max')
-    noise_levels(int(num_steps), sigma_min, sigma_max, rho, dtype=dtype)  # checks the schedule itself
+__all__ = ['EvalCounter', 'SamplerOptions', 'Schedule', 'check_sampler_options', 'guided_denoiser', 'make_schedule',
+           'noise_levels', 'sample', 'sample_tree', 'step_keys', 'tree_evaluations']
 
 
-def check_sampler_kwargs(kwargs):
-    """`check_sampler_options` on the sampler options among `kwargs` (other keys are ignored)."""
-    check_sampler_options(**{k: v for k, v in kwargs.items() if k in OPTION_KEYS})
-
-
-def check_schedule(t, dtype):
-    """The levels t_0 > ... > t_{N-1} > 0 must be finite and strictly decreasing in `dtype`."""
-    if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()) or not bool((t[1:] < t[:-1]).all()):
-        raise UserError(f'these --sigma_min, --sigma_max, --rho and --steps give no usable {str(dtype).split(".")[-1]} '
-                        f'noise schedule (levels {float(t[0]):g} .. {float(t[-1]):g} overflow, underflow to 0 or '
-                        f'repeat)')
-
-#----------------------------------------------------------------------------
-# Noise schedule.
-
-def noise_levels(num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=torch.float32, device=None):
-    """Karras rho-schedule t_0 = sigma_max ... t_{N-1} = sigma_min, then t_N = 0 (N+1 values).
-
-    Computed in `dtype` from an integer ramp with Python-float constants, exactly as both upstream
-    samplers do, so float32 gives EDM2's levels and float64 gives GI's.
-    """
-    if num_steps < 2:
-        raise UserError(f'num_steps must be at least 2, got {num_steps}')
-    if not 0 < sigma_min < sigma_max:
-        raise UserError(f'need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}')
-    try:
-        hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
-    except OverflowError:
-        hi = lo = math.inf  # refused by check_schedule below, with the one-line message
-    ramp = torch.arange(num_steps, dtype=dtype, device=device) / (num_steps - 1)
-    t = (hi + ramp * (lo - hi)) ** rho
-    check_schedule(t, dtype)
-    return _append_zero(t)
-
-
-def sampler_sigmas(net, mode='edm2', num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, *, dtype=None, device=None):
-    """The schedule `sample` runs on by default in `mode` (build guidance intervals from this tensor).
-
-    'gi' clamps (sigma_min, sigma_max) to the net's own limits and applies its `round_sigma`.
-    """
-    _check_mode(mode)
-    dtype = dtype or _MODE_DTYPE[mode]
-    if mode == 'gi':
-        sigma_min = max(sigma_min, float(getattr(net, 'sigma_min', 0)))
-        sigma_max = min(sigma_max, float(getattr(net, 'sigma_max', math.inf)))
-        t = noise_levels(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=device)
-        return _append_zero(_round_sigma(net, t[:-1]))
-    return noise_levels(num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=device)
+def make_schedule(net, device=None, *, schedule=None, options=None, sigmas=None, **option_fields):
+    """The `Schedule` a sampler call runs on: `schedule` as given, else `options` (a
+    `SamplerOptions`, or its fields as keywords) applied to `net`, or to an explicit `sigmas`
+    tensor (N+1 levels ending in 0, used as is)."""
+    if schedule is not None:
+        if options is not None or sigmas is not None or option_fields:
+            raise TypeError('give the sampler either a schedule or options, not both')
+        return schedule
+    if options is None:
+        options = SamplerOptions(**option_fields)
+    elif option_fields:
+        raise TypeError(f'give the sampler either options or option keywords, not both ({sorted(option_fields)})')
+    if sigmas is not None:
+        return Schedule(torch.as_tensor(sigmas).to(dtype=options.working_dtype, device=device), options, net=net)
+    return options.schedule(net, device=device)
 
 #----------------------------------------------------------------------------
 # Counting and guided evaluation.
@@ -158,19 +86,19 @@ def guided_denoiser(net, gnet, labels, w, *, mode='edm2', dtype=torch.float32, c
 #----------------------------------------------------------------------------
 # The sampler.
 
-def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
-           num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, mode='edm2', dtype=None, out_dtype=None,
-           S_churn=0, S_min=0, S_max=float('inf'), S_noise=1,
-           randn_like=torch.randn_like, counter=None, progress=None):
+def sample(net, noise, labels=None, *, gnet=None, guidance=None, schedule=None, options=None, sigmas=None,
+           randn_like=torch.randn_like, counter=None, progress=None, **option_fields):
     """Heun's 2nd-order method from noise to an image (no correction on the last step).
 
     net, gnet:  denoisers D(x, sigma, class_labels); gnet is the unconditional net (CFG) or a weaker
                 net (autoguidance) -- the sampler does not care which.
-    guidance:   GuidanceSchedule or a number (constant w); None = no guidance. Step i is guided with
+    guidance:   GuidanceSchedule, a number (constant w), None (no guidance), or the per-step weights
+                (a sequence of N numbers, e.g. `schedule.weights(...)`). Step i is guided with
                 w(t_i), used for both of its evaluations.
-    sigmas:     schedule tensor [N+1] ending in 0; default `sampler_sigmas(net, mode, ...)`.
-    dtype:      working precision (default float32 for 'edm2', float64 for 'gi');
-    out_dtype:  result dtype (default: dtype for 'edm2', float32 for 'gi').
+    schedule:   the `Schedule` to run on; or `options` (`SamplerOptions`, or its fields as keywords:
+                num_steps=32, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, mode='edm2',
+                dtype) applied to `net`, or to an explicit `sigmas` tensor ending in 0.
+                'edm2' computes in float32 and returns it; 'gi' computes in float64 and returns float32.
     randn_like: churn noise source, e.g. StackedRandomGenerator.randn_like; only called on steps
                 with S_churn > 0 and S_min <= t_i <= S_max.
     counter:    EvalCounter to add this call's evaluations to.
@@ -178,23 +106,22 @@ def sample(net, noise, labels=None, *, gnet=None, guidance=None, sigmas=None,
 
     This is `sample_tree` with one branch.
     """
-    return sample_tree(net, noise, labels, [(gnet, guidance)], sigmas=sigmas, num_steps=num_steps,
-                       sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, mode=mode, dtype=dtype,
-                       out_dtype=out_dtype, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+    schedule = make_schedule(net, noise.device, schedule=schedule, options=options, sigmas=sigmas, **option_fields)
+    return sample_tree(net, noise, labels, [(gnet, guidance)], schedule,
                        randn_like=randn_like, counter=counter, progress=progress)[0]
 
 
-def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dtype=None, sigmas=None,
-                num_steps=32, sigma_min=0.002, sigma_max=80, rho=7, S_churn=0, S_min=0, S_max=float('inf'),
-                S_noise=1, randn_like=torch.randn_like, counter=None, progress=None):
+def sample_tree(net, noise, labels, branches, schedule=None, *, options=None, randn_like=torch.randn_like,
+                counter=None, progress=None, **option_fields):
     """`sample` for several guidance settings of the same noise and labels at once.
 
-    `branches`: list of (gnet, guidance) pairs, guidance as `sample` takes it. Returns one output per
-    branch, each bit-identical to `sample(net, noise, labels, gnet=gnet, guidance=guidance, ...)` with
-    the same options. Branches whose per-step (guiding net, weight) sequences agree up to some step
-    compute those steps once: the branches form a tree (`step_keys`) that is walked depth first, so
-    at most one state per tree level is alive. `counter` receives the evaluations actually made;
-    `tree_evaluations` gives them, and those of separate runs, without sampling.
+    `branches`: list of (gnet, guidance) pairs, guidance as `sample` takes it; `schedule` (or
+    `options`) as in `sample`. Returns one output per branch, each bit-identical to
+    `sample(net, noise, labels, gnet=gnet, guidance=guidance, schedule=schedule)`. Branches whose
+    per-step (guiding net, weight) sequences agree up to some step compute those steps once: the
+    branches form a tree (`step_keys`) that is walked depth first, so at most one state per tree
+    level is alive. `counter` receives the evaluations actually made; `tree_evaluations` gives
+    them, and those of separate runs, without sampling.
 
     Churn draws random numbers, so branches that split after a churn step would see different noise
     than separate runs. Where the tree branches with churn active, `randn_like` must be the bound
@@ -203,23 +130,19 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
     Any other noise source is refused there with a UserError. `progress` is `sample`'s per-step
     callback, called for every step computed.
     """
-    _check_mode(mode)
-    dtype = dtype or _MODE_DTYPE[mode]
-    check_sampler_options(num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, dtype=dtype)
-    out_dtype = out_dtype or (dtype if mode == 'edm2' else torch.float32)
+    schedule = make_schedule(net, noise.device, schedule=schedule, options=options, **option_fields)
+    opts = schedule.options
+    mode, dtype, out_dtype = opts.mode, opts.working_dtype, opts.result_dtype
     counter = counter if counter is not None else EvalCounter()
     if not branches:
         raise ValueError('sample_tree needs at least one branch')
-    if sigmas is None:
-        sigmas = sampler_sigmas(net, mode, num_steps, sigma_min, sigma_max, rho, dtype=dtype, device=noise.device)
-    sigmas = sigmas.to(dtype=dtype, device=noise.device)
+    sigmas = schedule.sigmas.to(dtype=dtype, device=noise.device)
     steps = len(sigmas) - 1
-    if steps < 1 or sigmas[-1] != 0:
-        raise UserError('noise schedule must have at least two levels and end with 0')
-    keys = step_keys(branches, sigmas)  # weights decided on the host once, not with a sync per step
-    round_sigma = (lambda t: _round_sigma(net, t)) if mode == 'gi' else None
+    keys = step_keys(branches, schedule)  # weights decided on the host once, not with a sync per step
+    rounding = (lambda t: round_sigma(net, t)) if mode == 'gi' else None
     levels = list(zip(sigmas[:-1], sigmas[1:]))
-    churn_steps = [bool(S_churn > 0 and S_min <= t_cur <= S_max) for t_cur, _ in levels]
+    S_churn, S_min, S_max, S_noise = opts.S_churn, opts.S_min, opts.S_max, opts.S_noise
+    churn_steps = [bool(S_churn > 0 and S_min <= t_cur <= S_max) for t_cur, _ in levels]  # as upstream: tensor comparisons
     rng_state = _rng_state_access(randn_like) if any(churn_steps) and len(set(keys)) > 1 else None
     outputs = [None] * len(branches)
 
@@ -227,7 +150,8 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
         gnet, w = branches_by_id[key[1]], key[0]
         denoise = guided_denoiser(net, gnet, labels, w, mode=mode, dtype=dtype, counter=counter)
         t_cur, t_next = levels[i]
-        x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=round_sigma)
+        x_hat, t_hat = _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=rounding,
+                              active=churn_steps[i])
         x = _heun_step(denoise, x_hat, t_hat, t_next, correct=(i < steps - 1))
         if progress is not None:
             progress(dict(i=i, num_steps=steps, sigma=float(t_cur), sigma_hat=float(t_hat),
@@ -240,7 +164,8 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
 
     # Depth first: follow the group of branches step by step; where it splits, keep the state (and
     # the generators' state, if churn draws) for the later children while the first one runs.
-    pending = [(noise.to(dtype) * sigmas[0], 0, list(range(len(branches))), None)]
+    start = noise.to(dtype) * (sigmas[0] if opts.init_noise == 'edm' else schedule.vp_start_scale())
+    pending = [(start, 0, list(range(len(branches))), None)]
     while pending:
         x, i, members, state = pending.pop()
         if state is not None:
@@ -267,7 +192,16 @@ def sample_tree(net, noise, labels, branches, *, mode='edm2', dtype=None, out_dt
     return outputs
 
 
-def step_keys(branches, sigmas):
+def branch_weights(guidance, schedule):
+    """Per-step weights of one branch's guidance (see `sample`), checked against the schedule."""
+    if isinstance(guidance, (list, tuple)):
+        if len(guidance) != schedule.num_steps:
+            raise ValueError(f'{len(guidance)} per-step weights for a {schedule.num_steps}-step schedule')
+        return tuple(float(w) for w in guidance)
+    return schedule.weights(guidance)
+
+
+def step_keys(branches, schedule):
     """Per branch, the tuple of per-step keys (w, id of the guiding net or None where w == 1).
 
     Two branches compute the same state up to step i exactly when their keys agree on steps 0..i.
@@ -275,10 +209,13 @@ def step_keys(branches, sigmas):
     """
     keys = []
     for gnet, guidance in branches:
-        guidance = as_schedule(guidance)
-        if guidance.is_active and gnet is None:
+        weights = branch_weights(guidance, schedule)
+        if gnet is None and any(w != 1 for w in weights):
             raise UserError(f'guidance ({guidance}) needs a guiding network (gnet)')
-        keys.append(tuple((float(w), None if w == 1 else id(gnet)) for w in guidance.step_weights(sigmas)))
+        for w in weights:
+            if w != 1:
+                schedule.check_weight(w)
+        keys.append(tuple((w, None if w == 1 else id(gnet)) for w in weights))
     return keys
 
 
@@ -312,9 +249,9 @@ def _rng_state_access(randn_like):
     return None
 
 
-def _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=None):
+def _churn(x, t_cur, steps, S_churn, S_min, S_max, S_noise, randn_like, round_sigma=None, active=True):
     """Raise the noise level to t_hat = (1+gamma) t_cur by adding fresh noise (Alg. 2, lines 4-6)."""
-    if not (S_churn > 0 and S_min <= t_cur <= S_max):
+    if not active:
         return x, t_cur
     gamma = min(S_churn / steps, math.sqrt(2) - 1)
     t_hat = t_cur + gamma * t_cur
@@ -332,32 +269,5 @@ def _heun_step(denoise, x_hat, t_hat, t_next, correct):
         d_next = (x_next - denoise(x_next, t_next)) / t_next
         x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_next)
     return x_next
-
-#----------------------------------------------------------------------------
-# Helpers.
-
-def _append_zero(t):
-    return torch.cat([t, t.new_zeros([1])])
-
-
-def _round_sigma(net, t):
-    fn = getattr(net, 'round_sigma', None)
-    return torch.as_tensor(fn(t) if fn is not None else t, dtype=t.dtype, device=t.device)
-
-
-def as_schedule(guidance):
-    """None -> no guidance, a number -> constant w, a GuidanceSchedule as is."""
-    if guidance is None:
-        return GuidanceSchedule.none()
-    if isinstance(guidance, GuidanceSchedule):
-        return guidance
-    if isinstance(guidance, (int, float)):
-        return GuidanceSchedule.constant(guidance)
-    raise TypeError(f'guidance must be a GuidanceSchedule or a number, got {type(guidance).__name__}')
-
-
-def _check_mode(mode):
-    if mode not in MODES:
-        raise UserError(f"sampler mode must be one of {MODES}, got {mode!r}")
 
 #----------------------------------------------------------------------------

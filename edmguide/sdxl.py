@@ -14,16 +14,25 @@ so the result is a plain D(x, sigma, labels) with labels unused: `edmguide.sampl
 unchanged, with the unconditional (negative-prompt) binding as the guiding net, evaluated only
 where w != 1.
 
-Negative prompt: as diffusers' SD-XL pipeline with `force_zeros_for_empty_prompt` (read from the
-folder's model_index.json, true for SD-XL base), an empty negative prompt gives all-zero text and
-pooled embeddings; a non-empty one (or that flag false) gives the encoders' outputs for it.
+Starting noise: generative-models' `HeunEDMSampler` (the paper's SD-XL images) starts from
+sqrt(1 + sigma_0^2) * noise (the standard deviation of x0 + sigma_0 * eps for data of unit
+variance); EDM starts from sigma_0 * noise. The sampler option `init_noise` names both ('sgm', the
+default here, and 'edm').
+
+Negative prompt: an empty negative prompt gives all-zero text and pooled embeddings when the
+folder's model_index.json says `force_zeros_for_empty_prompt` (true for SD-XL base) -- what
+diffusers' SD-XL pipeline does when no negative prompt is passed ('zeros', the default). With
+empty_negative='encode' it is run through the encoders like any other prompt, as diffusers does
+for an explicit `negative_prompt=""`. A non-empty one always gives the encoders' outputs.
+
+Loading without `accelerate`: diffusers would print a multi-line warning and fall back to
+`low_cpu_mem_usage=False`; that setting is passed directly, so nothing is printed.
 
 diffusers and transformers are imported inside functions only: the EDM2 paths never need them.
 """
 
 import dataclasses
 import json
-import math
 import os
 
 import torch
@@ -32,10 +41,16 @@ from edmguide.errors import UserError
 
 # The paper's SD-XL sampler (shared/spec/paper-settings.md): 32 Heun steps, sigma 14.61 -> 0.03,
 # rho = 3; interval (0.28, 5.42] = steps 10..25 of that schedule, w = 16.
-DEFAULTS = dict(num_steps=32, sigma_min=0.03, sigma_max=14.61, rho=3)
+DEFAULTS = dict(num_steps=32, sigma_min=0.03, sigma_max=14.61, rho=3)  # the fields of `default_options()`
 DEFAULT_GUIDANCE = 16.0
 DEFAULT_SIGMA_RANGE = (0.28, 5.42)
 DEFAULT_INTERVAL = (10, 25)
+# The starting state: 'sgm' = sqrt(1 + sigma_0^2) * noise (generative-models' HeunEDMSampler, the
+# paper's SD-XL sampler), 'edm' = sigma_0 * noise (EDM, this project's EDM2 sampler).
+DEFAULT_INIT_NOISE = 'sgm'
+# An empty negative prompt: 'zeros' (when the model says force_zeros_for_empty_prompt; diffusers with
+# no negative prompt) or 'encode' (the encoders' output for '', diffusers with negative_prompt='').
+EMPTY_NEGATIVE = ('zeros', 'encode')
 
 #----------------------------------------------------------------------------
 # The discrete VP schedule.
@@ -163,6 +178,8 @@ def load_sdxl(model, device=None, dtype=None):
     parts = {}
     for name, cls in classes.items():
         kwargs = {} if name.startswith('tokenizer') else dict(torch_dtype=torch.float32 if name == 'vae' else dtype)
+        if name in ('unet', 'vae') and not _accelerate_available():
+            kwargs['low_cpu_mem_usage'] = False  # what diffusers falls back to, without its multi-line warning
         try:
             parts[name] = cls.from_pretrained(model, subfolder=SUBFOLDERS[name], **kwargs)
         except (OSError, ValueError, EnvironmentError) as exc:
@@ -177,6 +194,11 @@ def load_sdxl(model, device=None, dtype=None):
     denoiser = SDXLDenoiser(parts.pop('unet'), sched.get('prediction_type', 'epsilon'), sigmas)
     return SDXLModel(denoiser=denoiser, device=device,
                      force_zeros_for_empty_prompt=bool(index.get('force_zeros_for_empty_prompt', True)), **parts)
+
+
+def _accelerate_available():
+    import importlib.util
+    return importlib.util.find_spec('accelerate') is not None
 
 
 def _load_config(model, subfolder, filename):
@@ -196,10 +218,12 @@ def _load_config(model, subfolder, filename):
 
 
 @torch.no_grad()
-def encode_prompt(model, prompt, *, negative=False):
+def encode_prompt(model, prompt, *, negative=False, empty_negative='zeros'):
     """Condition for `prompt`: penultimate hidden states of both text encoders concatenated, the
     second encoder's projected pooled output, and the size/crop ids for an uncropped square image.
-    An empty negative prompt gives zeros when the model says `force_zeros_for_empty_prompt`."""
+    An empty negative prompt gives zeros when the model says `force_zeros_for_empty_prompt` and
+    `empty_negative` is 'zeros'; with 'encode' it is encoded like any prompt."""
+    check_empty_negative(empty_negative)
     hidden, pooled = [], None
     for tokenizer, encoder in ((model.tokenizer, model.text_encoder), (model.tokenizer_2, model.text_encoder_2)):
         ids = tokenizer([prompt], padding='max_length', max_length=tokenizer.model_max_length, truncation=True,
@@ -209,7 +233,7 @@ def encode_prompt(model, prompt, *, negative=False):
         pooled = getattr(out, 'text_embeds', None)
     embeds = torch.cat(hidden, dim=-1).float()
     pooled = pooled.float()
-    if negative and prompt == '' and model.force_zeros_for_empty_prompt:
+    if negative and prompt == '' and model.force_zeros_for_empty_prompt and empty_negative == 'zeros':
         embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     size = model.resolution
     time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=model.device)
@@ -226,61 +250,77 @@ def decode(model, latents):
 #----------------------------------------------------------------------------
 # Generation.
 
-def sdxl_guidance(weight=DEFAULT_GUIDANCE, interval=None, sigma_range=None, *, device=None, **schedule_kwargs):
-    """w(sigma) for SD-XL from step indices [start, stop] or a sigma range (lo, hi] on the SD-XL schedule.
+def default_options(**changes):
+    """The SD-XL sampler's `SamplerOptions` (the paper's: 32 Heun steps, sigma 14.61 -> 0.03, rho 3,
+    'edm2' float32 arithmetic, starting from sqrt(1 + sigma_0^2) * noise as generative-models'
+    HeunEDMSampler), with `changes` (fields given on the command line) applied."""
+    from edmguide.schedule import SamplerOptions
+    return SamplerOptions(**{**DEFAULTS, "init_noise": DEFAULT_INIT_NOISE, **changes})
 
-    With neither, the paper's interval: (0.28, 5.42] is how the paper prints (t_26, t_10] of the
-    default 32-step schedule (t_26 = 0.2809, t_10 = 5.4173), so on that schedule the default is
+
+def default_interval(schedule):
+    """The paper's SD-XL interval on `schedule`: (0.28, 5.42] is how the paper prints (t_26, t_10]
+    of the default 32-step schedule (t_26 = 0.2809, t_10 = 5.4173), so on that schedule it is
     steps 10..25 exactly (taken literally, 0.28 < t_26 would also guide step 26); on any other
-    schedule it is the literal range. Pass sigma_range=(0, inf) for constant CFG.
-    """
-    from edmguide.generation import build_guidance
-    kwargs = dict(DEFAULTS, **schedule_kwargs)
-    if interval is None and sigma_range is None:
-        if all(kwargs[k] == v for k, v in DEFAULTS.items()) and kwargs.get('dtype') is None:
-            interval = DEFAULT_INTERVAL
-        else:
-            sigma_range = DEFAULT_SIGMA_RANGE
-    if sigma_range is not None and math.isinf(sigma_range[1]) and sigma_range[0] == 0:
-        return build_guidance(weight, device=device, **kwargs)
-    return build_guidance(weight, interval=interval, sigma_range=sigma_range, mode='edm2', device=device, **kwargs)
+    schedule it is the literal range."""
+    from edmguide.guidance import Interval
+    opts = schedule.options
+    if all(getattr(opts, k) == v for k, v in DEFAULTS.items()) and opts.mode == 'edm2' and opts.dtype is None:
+        return Interval.of_steps(*DEFAULT_INTERVAL)
+    return Interval.of_sigma(*DEFAULT_SIGMA_RANGE)
 
 
-def sample_latents(model, cond, uncond, seeds, guidance, *, counter=None, **sampler_kwargs):
-    """Latents for `seeds` (one batch): per-seed noise from StackedRandomGenerator, the EDM Heun sampler."""
-    from edmguide import sampling
+def sdxl_guidance(schedule, weight=DEFAULT_GUIDANCE, interval=None):
+    """w(sigma) for SD-XL on `schedule` (`default_options().schedule()`, or other options): `interval`
+    (a `guidance.Interval`), or the paper's (`default_interval`) when None."""
+    return schedule.guidance(weight, interval if interval is not None else default_interval(schedule))
+
+
+def check_empty_negative(empty_negative):
+    if empty_negative not in EMPTY_NEGATIVE:
+        raise UserError(f'--empty_negative={empty_negative!r}: choose from {", ".join(EMPTY_NEGATIVE)}')
+
+
+def _noise(model, seeds):
     from edmguide.seeds import StackedRandomGenerator
-    kwargs = dict(DEFAULTS, **sampler_kwargs)
-    net = BoundDenoiser(model.denoiser, cond)
-    gnet = BoundDenoiser(model.denoiser, uncond)
     rng = StackedRandomGenerator(model.device, seeds)
     res = model.denoiser.img_resolution
-    noise = rng.randn([len(seeds), model.denoiser.img_channels, res, res], device=model.device)
+    return rng, rng.randn([len(seeds), model.denoiser.img_channels, res, res], device=model.device)
+
+
+def sample_latents(model, cond, uncond, seeds, guidance, schedule, *, counter=None):
+    """Latents for `seeds` (one batch): per-seed noise from StackedRandomGenerator, the EDM Heun
+    sampler on `schedule`, whose options also say the starting state (`default_options()`:
+    sqrt(1 + sigma_0^2) * noise, as generative-models; init_noise='edm': sigma_0 * noise)."""
+    from edmguide import sampling
+    net = BoundDenoiser(model.denoiser, cond)
+    gnet = BoundDenoiser(model.denoiser, uncond)
+    rng, noise = _noise(model, seeds)
     with torch.no_grad():
-        return sampling.sample(net, noise, None, gnet=gnet, guidance=guidance, mode='edm2',
-                               randn_like=rng.randn_like, counter=counter, **kwargs)
+        return sampling.sample(net, noise, None, gnet=gnet, guidance=guidance, schedule=schedule,
+                               randn_like=rng.randn_like, counter=counter)
 
 
-def generate_sdxl_images(model, prompt, seeds, outdir, *, negative_prompt='', guidance=None, max_batch_size=4,
-                         verbose=True, **sampler_kwargs):
+def generate_sdxl_images(model, prompt, seeds, outdir, schedule, *, negative_prompt='', guidance=None,
+                         max_batch_size=4, verbose=True, empty_negative='zeros'):
     """One `<seed:06d>.png` per seed in `outdir`; `guidance` is a GuidanceSchedule, a number or None
-    (see `sdxl_guidance`). Prints the evaluations per image (main / guide). Returns the written paths."""
+    (see `sdxl_guidance`); `empty_negative` as in `encode_prompt`.
+    Prints the evaluations per image (main / guide). Returns the written paths."""
     from edmguide import images as imagelib
     from edmguide.outputs import check_output_dir
     from edmguide.progress import progress_bar
-    from edmguide.sampling import EvalCounter, check_sampler_kwargs
-    kwargs = dict(DEFAULTS, **sampler_kwargs)
-    check_sampler_kwargs(kwargs)
+    from edmguide.sampling import EvalCounter
+    check_empty_negative(empty_negative)
     check_output_dir(outdir, '--outdir')
     seeds = list(seeds)
     cond = encode_prompt(model, prompt)
-    uncond = encode_prompt(model, negative_prompt, negative=True)
+    uncond = encode_prompt(model, negative_prompt, negative=True, empty_negative=empty_negative)
     written = []
     with progress_bar(total=len(seeds), unit='img', desc='Generating', leave=False) as bar:
         for start in range(0, len(seeds), max_batch_size):
             batch = seeds[start:start + max_batch_size]
             counter = EvalCounter()
-            latents = sample_latents(model, cond, uncond, batch, guidance, counter=counter, **kwargs)
+            latents = sample_latents(model, cond, uncond, batch, guidance, schedule, counter=counter)
             if not bool(torch.isfinite(latents).all()):
                 raise UserError(f'seeds {batch}: the sampler produced non-finite latents')
             for seed, image in zip(batch, decode(model, latents).cpu()):
@@ -303,21 +343,21 @@ def figure_methods(name):
     lower bound swept (upper bound 5.42). The sweep values are this project's choice of levels
     along the schedule (`SWEEP_STARTS`, `SWEEP_STOPS`); the paper's Fig. 8 shows the same kind of sweep.
     """
-    from edmguide.guidance import GuidanceSchedule
+    from edmguide.guidance import GuidanceSchedule, Interval
+    schedule = default_options().schedule()
     if name == 'sdxl-fig6':
         return [('CFG w=2, all sigma', GuidanceSchedule.constant(2)),
                 ('CFG w=16, all sigma', GuidanceSchedule.constant(16)),
-                ('interval w=16, sigma in (0.28, 5.42]', sdxl_guidance(16))]
+                ('interval w=16, sigma in (0.28, 5.42]', sdxl_guidance(schedule, 16))]
     if name in ('sdxl-fig8-hi', 'sdxl-fig8-lo'):
-        from edmguide import sampling
-        sigmas = sampling.noise_levels(**DEFAULTS)
+        levels = schedule.levels
         ranges = ([(start, 25) for start in SWEEP_STARTS] if name == 'sdxl-fig8-hi'
                   else [(10, stop) for stop in SWEEP_STOPS])
         rows = []
         for start, stop in ranges:
-            lo, hi = float(sigmas[stop + 1]), float(sigmas[start])
+            lo, hi = levels[stop + 1], levels[start]
             rows.append((f'w=16, sigma in ({lo:.2f}, {hi:.2f}] (steps {start}-{stop})',
-                         sdxl_guidance(16, interval=(start, stop))))
+                         sdxl_guidance(schedule, 16, Interval.of_steps(start, stop))))
         return rows
     raise UserError(f'--figs: unknown SD-XL figure {name!r}; choose from {", ".join(FIGURES)}')
 
@@ -336,27 +376,26 @@ def parse_figures(text):
     return names
 
 
-def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='', max_batch_size=4):
+def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='', max_batch_size=4,
+                       init_noise=DEFAULT_INIT_NOISE, empty_negative='zeros'):
     """`<outdir>/<name>.png`: one labelled row per method, one column per (prompt, seed); every row
     uses the same noise. All rows of a batch run as one `sample_tree`, so steps they share are
     computed once. Returns the path."""
     from edmguide import images as imagelib, sampling
     from edmguide.figures import layout_comparison
-    from edmguide.seeds import StackedRandomGenerator
     methods = figure_methods(name)
-    uncond = encode_prompt(model, negative_prompt, negative=True)
+    schedule = default_options(init_noise=init_noise).schedule(device=model.device)
+    uncond = encode_prompt(model, negative_prompt, negative=True, empty_negative=empty_negative)
     gnet = BoundDenoiser(model.denoiser, uncond)
     rows = [[] for _ in methods]
     for prompt in prompts:
         net = BoundDenoiser(model.denoiser, encode_prompt(model, prompt))
         for start in range(0, len(seeds), max_batch_size):
             batch = list(seeds)[start:start + max_batch_size]
-            rng = StackedRandomGenerator(model.device, batch)
-            res = model.denoiser.img_resolution
-            noise = rng.randn([len(batch), model.denoiser.img_channels, res, res], device=model.device)
+            rng, noise = _noise(model, batch)
             with torch.no_grad():
-                outs = sampling.sample_tree(net, noise, None, [(gnet, g) for _, g in methods], mode='edm2',
-                                            randn_like=rng.randn_like, **DEFAULTS)
+                outs = sampling.sample_tree(net, noise, None, [(gnet, g) for _, g in methods], schedule,
+                                            randn_like=rng.randn_like)
             for row, latents in zip(rows, outs):
                 row.extend(decode(model, latents).cpu())
     short = [p if len(p) <= 40 else p[:37] + '...' for p in prompts]

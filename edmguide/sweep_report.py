@@ -2,12 +2,16 @@
 
 - `sweep.jsonl`: one JSON object per setting (guidance, interval, sigma, every metric, num_images,
   evaluations per image of the main and the guiding net when the setting runs alone, ...).
-- `sweep.md`: a table per guiding net and interval, the best weight of each metric in bold, and
-  the best setting of each metric overall.
+- `sweep.md`: a table per guiding net and interval, the best weight of each metric in bold, the
+  best setting of each metric overall, and a link to every figure.
 - `sweep-<metric>.png`: the metric against w, one line per (guide, interval) (GI Fig. 3 style); every
   line starts at the shared w = 1 point.
-- `heatmap-<metric>-<guide>-w<w>.png` for intervals given as a grid: the metric over (start, stop)
-  at one weight, best cell marked (GI Fig. 5 style).
+- `heatmap-<metric>-<guide>-grid<a0..a1>_<b0..b1>-w<w>.png` for intervals given as a grid: the
+  metric over (start, stop) at one weight, best cell marked (GI Fig. 5 style); a grid range with a
+  step `a0..a1:s` is written `a0..a1ss`.
+
+Every figure has its own name (one that would repeat gets `-2`, `-3`, ...). An infinite noise
+bound, as in `(0, inf]`, is the string "inf" in sweep.jsonl (JSON has no infinity).
 """
 
 import io
@@ -34,6 +38,10 @@ def _fmt(value):
     return '–' if value is None else f'{value:.3f}'
 
 
+def _fmt_sigma(value):
+    return value if isinstance(value, str) else f'{value:.4g}'  # 'inf' is kept as a string (JSON)
+
+
 def higher_is_better(name):
     """Precision and recall (shares of a manifold) are better high; distances are better low."""
     return name.startswith(('precision', 'recall'))
@@ -50,8 +58,9 @@ def best_record(rows, metric):
 
 
 
-def markdown(records, metrics, summary, *, title='Guidance sweep'):
-    """The sweep as markdown: per (guide, interval) the metrics against w, best per metric in bold."""
+def markdown(records, metrics, summary, *, title='Guidance sweep', figures=()):
+    """The sweep as markdown: per (guide, interval) the metrics against w, best per metric in bold;
+    `figures`: (file name, caption) of the figures, each shown and linked at the end."""
     groups, base = _groups(records)
     lines = [f'# {title}', '',
              f'{summary.settings} settings, {records[0]["num_images"]} images each. Network evaluations per image '
@@ -74,7 +83,7 @@ def markdown(records, metrics, summary, *, title='Guidance sweep'):
         for r in shown:
             cells = [f'**{_fmt(r.get(m))}**' if best[m] is r else _fmt(r.get(m)) for m in metrics]
             steps = 'none' if r['label'] == 'none' else 'all' if r['interval'] is None else f'[{r["interval"][0]}, {r["interval"][1]}]'
-            sigma = '–' if r['sigma'] is None else f'({r["sigma"][0]:.4g}, {r["sigma"][1]:.4g}]'
+            sigma = '–' if r['sigma'] is None else f'({_fmt_sigma(r["sigma"][0])}, {_fmt_sigma(r["sigma"][1])}]'
             lines.append(f'| {r["guide"] or "–"} | {steps} | {sigma} | {r["guidance"]:g} | ' + ' | '.join(cells)
                          + f' | {r["evals_main"]} + {r["evals_guide"]} |')
         lines.append('')
@@ -83,6 +92,9 @@ def markdown(records, metrics, summary, *, title='Guidance sweep'):
         r = best_record(records, m)
         if r is not None:
             lines.append(f'| {m} | {r[m]:.3f} | {r["guide"] or "–"} | {r["label"]} | {r["guidance"]:g} |')
+    if figures:
+        lines += ['', '## Figures', '']
+        lines += [f'[{caption}]({name})\n\n![{caption}]({name})\n' for name, caption in figures]
     return '\n'.join(lines) + '\n'
 
 
@@ -163,19 +175,39 @@ def _slug(text):
     return ''.join(c if c.isalnum() or c in '.-' else '_' for c in str(text))
 
 
-def write_report(outdir, records, metrics, summary):
-    """Write sweep.jsonl, sweep.md and the PNG plots into `outdir` (atomically); returns the paths."""
-    written = []
-    def write(name, data):
-        path = os.path.join(outdir, name)
-        imagelib.atomic_write(path, data)
-        written.append(path)
-    write('sweep.jsonl', ''.join(json.dumps(r, allow_nan=False) + '\n' for r in records).encode())
-    write('sweep.md', markdown(records, metrics, summary).encode())
+def grid_slug(grid):
+    """'[10..12, 11..13:2]' -> 'grid10..12_11..13s2' (for file names)."""
+    return 'grid' + _slug(grid.strip('[]').replace(' ', '').replace(':', 's').replace(',', '_'))
+
+
+def render_report(records, metrics, summary):
+    """{file name: bytes} of the report: sweep.jsonl, the PNG figures (each its own name), and
+    sweep.md, which links every figure. Raises (before anything is written) on what it cannot show."""
+    files, figures = {}, []
+    def add_figure(name, data, caption):
+        stem, number = name, 1
+        while f'{name}.png' in files:
+            number += 1
+            name = f'{stem}-{number}'
+        files[f'{name}.png'] = data
+        figures.append((f'{name}.png', caption))
+    jsonl = ''.join(json.dumps(r, allow_nan=False) + '\n' for r in records).encode()
     for m in metrics:
         data = plot_weights(records, m)
         if data is not None:
-            write(f'sweep-{_slug(m)}.png', data)
-        for (guide, _grid, w), data in heatmaps(records, m).items():
-            write(f'heatmap-{_slug(m)}-{_slug(guide)}-w{w:g}.png', data)
+            add_figure(f'sweep-{_slug(m)}', data, f'{m} against w')
+        for (guide, grid, w), data in heatmaps(records, m).items():
+            add_figure(f'heatmap-{_slug(m)}-{_slug(guide)}-{grid_slug(grid)}-w{w:g}', data,
+                       f'{m} over the grid {grid}, guide {guide}, w = {w:g}')
+    return {'sweep.jsonl': jsonl, **files, 'sweep.md': markdown(records, metrics, summary, figures=figures).encode()}
+
+
+def write_report(outdir, records, metrics, summary):
+    """Write sweep.jsonl, the PNG figures and sweep.md into `outdir` (each atomically, all rendered
+    before the first is written); returns the paths."""
+    written = []
+    for name, data in render_report(records, metrics, summary).items():
+        path = os.path.join(outdir, name)
+        imagelib.atomic_write(path, data)
+        written.append(path)
     return written

@@ -11,10 +11,25 @@ Layout of a file:
 - tensors `net.<state_dict key>`: every parameter and buffer of the network, in its stored dtype;
 - metadata key `edmguide`: a JSON object (`format`, `format_version`, `net` {class, init_args,
   init_kwargs, attributes}, `encoder` {class, init_args, init_kwargs} or null, `source`
-  {file, sha256}, `weights_sha256`, `torch_version`).
+  {file, sha256}, `code` (what `edmguide.embedded_source` found of the pickle's own source),
+  `weights_sha256`, `torch_version`, `fields_sha256`, `metadata_sha256`).
 
 `weights_sha256` is the sha256 of the tensors in a canonical form (sorted names, each with dtype,
 shape and raw little-endian bytes), so it does not depend on how the file lays them out.
+
+The metadata is sealed too (format version 2): `fields_sha256` maps every field (every leaf of
+the JSON object, dotted path such as `net.init_kwargs.sigma_data`; a list counts as one field) to
+a digest of its path and value, and `metadata_sha256` is the sha256 of the whole object without
+itself, so of every field, the weight hash and the field table. Every field is covered, not only
+those that change the computed function (`net`: class, constructor arguments, sigma range, which
+fix the architecture and what it computes, e.g. `sigma_data`, `logvar_channels`,
+`model_channels`, `use_fp16` (float16 on CUDA), `dropout` (in training mode); `encoder`: class and settings, VAE name and latent scaling included;
+`weights_sha256`), because the provenance fields (`source`, `code`, `torch_version`, `format*`)
+are claims a reader relies on as well. An edited field is refused naming that field; an added or
+removed one likewise. These are digests, not signatures: they catch edits, corruption and files
+from other tools, not a forger who recomputes them (such a file still cannot run code: it can
+only name classes in `NETWORK_CLASSES`/`ENCODER_CLASSES` and, without an explicit override, VAEs in
+`KNOWN_VAE_NAMES`).
 """
 
 import hashlib
@@ -29,7 +44,7 @@ import torch
 from edmguide.errors import UserError
 
 FORMAT = 'edmguide-weights'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_KEY = 'edmguide'
 NET_PREFIX = 'net.'
 SUFFIX = '.safetensors'
@@ -128,6 +143,67 @@ def weights_sha256(tensors):
     return digest.hexdigest()
 
 #----------------------------------------------------------------------------
+# Sealed metadata: a digest per field and one over the whole object.
+
+DIGEST_KEYS = ('fields_sha256', 'metadata_sha256')
+
+def canonical_json(value):
+    """One byte string per JSON value: sorted keys, no spaces, ASCII, no NaN/inf."""
+    return json.dumps(value, sort_keys=True, separators=(',', ':'), ensure_ascii=True, allow_nan=False).encode('ascii')
+
+def metadata_fields(meta):
+    """{dotted path: value} of every leaf of the metadata object except the digests, in order.
+
+    Objects are walked into (an empty one is a leaf); lists, strings, numbers, booleans and null
+    are leaves."""
+    out = {}
+    def walk(value, path):
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, path + [str(key)])
+        else:
+            out['.'.join(path)] = value
+    walk({k: v for k, v in meta.items() if k not in DIGEST_KEYS}, [])
+    return out
+
+def field_digest(path, value):
+    """sha256 (hex) of a field's path and value in canonical JSON."""
+    return hashlib.sha256(canonical_json([path, value])).hexdigest()
+
+def metadata_digest(meta):
+    """sha256 (hex) of the whole metadata object but `metadata_sha256` itself."""
+    return hashlib.sha256(canonical_json({k: v for k, v in meta.items() if k != 'metadata_sha256'})).hexdigest()
+
+def seal(meta):
+    """`meta` with `fields_sha256` and `metadata_sha256` (re)computed."""
+    meta = {k: v for k, v in meta.items() if k not in DIGEST_KEYS}
+    meta['fields_sha256'] = {path: field_digest(path, value) for path, value in metadata_fields(meta).items()}
+    meta['metadata_sha256'] = metadata_digest(meta)
+    return meta
+
+def check_seal(meta, name):
+    """Refuse metadata edited after conversion, naming the first field that changed."""
+    table = meta.get('fields_sha256')
+    if not (isinstance(table, dict) and all(isinstance(v, str) for v in table.values())
+            and isinstance(meta.get('metadata_sha256'), str)):
+        raise UserError(f'{name}: metadata lacks its digests (fields_sha256, metadata_sha256); '
+                        f'convert the pickle again')
+    fields = metadata_fields(meta)
+    again = 'the file was modified after conversion; convert the pickle again'
+    for path, value in fields.items():
+        if path not in table:
+            raise UserError(f'{name}: metadata field {path} was added ({again})')
+        if field_digest(path, value) != table[path]:
+            raise UserError(f'{name}: metadata field {path} = {json.dumps(value)[:80]} does not match its '
+                            f'recorded digest ({again})')
+    for path in table:
+        if path not in fields:
+            raise UserError(f'{name}: metadata field {path} was removed ({again})')
+    if metadata_digest(meta) != meta['metadata_sha256']:
+        raise UserError(f'{name}: metadata does not match its recorded sha256 (the digest table was edited; '
+                        f'{again})')
+
+#----------------------------------------------------------------------------
 # Reading a file: header checks, metadata checks, rebuild.
 
 def read_header(data, name):
@@ -171,8 +247,11 @@ def read_metadata(header, name):
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         raise UserError(f'{name}: metadata is not in the {FORMAT} format')
     if meta.get('format_version') != FORMAT_VERSION:
+        hint = ('; it predates the metadata digests, convert the pickle again'
+                if meta.get('format_version') == 1 else '')
         raise UserError(f'{name}: metadata format version {meta.get("format_version")!r} is not supported '
-                        f'(this edmguide reads version {FORMAT_VERSION})')
+                        f'(this edmguide reads version {FORMAT_VERSION}{hint})')
+    check_seal(meta, name)
     for key, kind in [('net', dict), ('weights_sha256', str)]:
         if not isinstance(meta.get(key), kind):
             raise UserError(f'{name}: metadata lacks a valid "{key}" entry')
@@ -222,8 +301,9 @@ def _fill(net, tensors, name):
         raise UserError(f'{name}: the file does not provide {left[0]}')
     return net
 
-def load_bytes(data, name):
-    """`(net, encoder)` from the bytes of a `.safetensors` file; problems are one-line UserErrors."""
+def verified_parts(data, name):
+    """`(meta, tensors)` of a `.safetensors` file's bytes after every integrity check: whole file,
+    metadata format and digests, tensor names and the weight hash. Builds nothing."""
     import safetensors.torch
     header = read_header(data, name)
     meta = read_metadata(header, name)
@@ -238,6 +318,26 @@ def load_bytes(data, name):
     if weights_sha256(tensors) != meta['weights_sha256']:
         raise UserError(f'{name}: weights do not match the sha256 recorded in the metadata '
                         f'(file modified or corrupted)')
+    return meta, tensors
+
+# The VAEs EDM2's latent-space networks decode with (StabilityVAEEncoder's default, the one NVIDIA's
+# img512 pickles and guidance-interval's loader name). A file naming another is refused unless the
+# caller passes the VAE explicitly (`vae=`): diffusers would fetch and load whatever repository or
+# folder the name points to, which is code and weights the file's reader never chose.
+KNOWN_VAE_NAMES = ('stabilityai/sd-vae-ft-mse',)
+
+def check_vae_name(encoder, name, vae=None):
+    """Refuse an encoder whose VAE is not a known one unless `vae` (an explicit choice) is given."""
+    vae_name = getattr(encoder, 'vae_name', None)
+    if vae is None and vae_name is not None and vae_name not in KNOWN_VAE_NAMES:
+        raise UserError(f'{name}: the encoder names the VAE {vae_name!r}, which is not one EDM2 uses '
+                        f'(known: {", ".join(KNOWN_VAE_NAMES)}); pass the VAE explicitly to use it')
+
+def load_bytes(data, name):
+    """`(net, encoder)` from the bytes of a `.safetensors` file; problems are one-line UserErrors.
+    The encoder's VAE name is not checked here (see `check_vae_name`, which the loader applies
+    when the encoder is used)."""
+    meta, tensors = verified_parts(data, name)
     net = build(meta['net'], NETWORK_CLASSES, 'network', name, on_meta=True)
     net = _fill(net, tensors, name).eval().requires_grad_(False)
     attributes = meta['net'].get('attributes', {})

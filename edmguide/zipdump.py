@@ -12,9 +12,11 @@ zip is byte-identical to an uninterrupted run's, whatever the number of processe
 
 Nothing is lost or mixed: rank 0 locks the work folder for the whole run (`runlock`), so a second
 run refuses instead of computing the same images; an existing image counts only once it decodes to
-the right size and mode; images whose settings cannot be proven never count; a finished zip of
-other settings is replaced only with `overwrite`; and what a killed run left (temp files, a temp
-zip, the work folder of a finished zip) is removed under the lock.
+the right size and mode; images whose settings cannot be proven never count; the input files are
+recorded by content digest (`digests`), so a network replaced at the same path is refused and the
+same network under another spelling of its path is not; a finished zip of other settings is
+replaced only with `overwrite`; and what a killed run left (temp files, a temp zip, the work
+folder of a finished zip) is removed under the lock.
 """
 
 import concurrent.futures
@@ -28,7 +30,7 @@ import zipfile
 
 import PIL.Image
 
-from edmguide import images as imagelib, seeds as seedlib
+from edmguide import digests, images as imagelib, seeds as seedlib
 from edmguide.errors import UserError, describe_os_error
 from edmguide.runlock import LOCK_NAME, RunLock
 from edmguide.generation import generate_batches
@@ -77,11 +79,6 @@ def _read_settings(parts_dir):
     return settings, None
 
 
-def _changed(old, new):
-    """The names of the settings that differ, comma-separated."""
-    return ', '.join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)))
-
-
 def _clear_parts_dir(parts_dir):
     """Remove everything in the work folder except the lock (whose holder is this run)."""
     for name in os.listdir(parts_dir):
@@ -99,7 +96,7 @@ def _take_over_parts_dir(parts_dir, settings, overwrite):
     over if it holds no images (nothing to mix up) or `overwrite` is given, else refuse. Images
     whose settings cannot be proven (settings.json missing or unreadable) never count."""
     previous, problem = _read_settings(parts_dir)
-    if previous == settings:
+    if digests.same(previous, settings):
         return
     images = _finished_parts(parts_dir)
     if images and not overwrite:
@@ -110,7 +107,11 @@ def _take_over_parts_dir(parts_dir, settings, overwrite):
         if previous is _UNREADABLE:
             raise UserError(f'{os.path.join(parts_dir, "settings.json")}: cannot read it ({problem}), so '
                             f'nothing proves which settings made the {len(images)} images there; {advice}')
-        raise UserError(f'{parts_dir} holds an unfinished run with other settings ({_changed(previous, settings)}); '
+        if digests.is_legacy(previous) and previous == digests.legacy_form(settings):
+            raise UserError(f'{parts_dir} holds {len(images)} images of an older version of this program, which '
+                            f'recorded the paths of the networks but not their contents, so nothing proves which '
+                            f'files made them; {advice}')
+        raise UserError(f'{parts_dir} holds an unfinished run made with {digests.difference(previous, settings)}; '
                         f'rerun with the same settings, or {advice}')
     _clear_parts_dir(parts_dir)
     imagelib.atomic_write(os.path.join(parts_dir, 'settings.json'),
@@ -128,9 +129,19 @@ def zip_settings(zip_path):
     return recorded if isinstance(recorded, dict) else None
 
 
-def _zip_is_complete(zip_path, settings):
-    """True if `zip_path` exists and was written by a finished run with these settings."""
-    return os.path.isfile(zip_path) and zip_settings(zip_path) == settings
+def _zip_is_complete(zip_path, settings, overwrite=False):
+    """'same' if `zip_path` exists and was written by a finished run with these settings (input
+    files compared by content), 'legacy' if an older version of this program, which recorded the
+    input paths but not their digests, wrote it with these settings and paths (kept unless
+    `overwrite`: nothing can be mixed into a finished zip), else None."""
+    if not os.path.isfile(zip_path):
+        return None
+    recorded = zip_settings(zip_path)
+    if digests.same(recorded, settings):
+        return 'same'
+    if not overwrite and digests.is_legacy(recorded) and recorded == digests.legacy_form(settings):
+        return 'legacy'
+    return None
 
 
 def _check_replaceable(zip_path, settings, overwrite):
@@ -141,7 +152,7 @@ def _check_replaceable(zip_path, settings, overwrite):
     if recorded is None:
         raise UserError(f'{zip_path} exists and records no settings of this program (another program\'s zip, '
                         f'or not a zip); give --overwrite to replace it, or choose another --zip_dir')
-    raise UserError(f'{zip_path} is a finished zip made with other settings ({_changed(recorded, settings)}); '
+    raise UserError(f'{zip_path} is a finished zip made with {digests.difference(recorded, settings)}; '
                     f'give --overwrite to replace it, or choose another --zip_dir')
 
 
@@ -155,21 +166,24 @@ def _remove_stale_temp_zips(zip_path):
 
 
 def _claim_work(zip_path, parts_dir, settings, lock, overwrite):
-    """Rank 0: 'complete' if the zip is done, else 'work' with the work folder locked and ready.
+    """Rank 0: 'complete' (or 'complete-legacy', see `_zip_is_complete`) if the zip is done, else
+    'work' with the work folder locked and ready.
 
     Cleans up what a killed run left: temp zips of a cut-off assembly, the work folder of a run
     killed between the rename and its removal, temp files of cut-off image writes."""
-    if _zip_is_complete(zip_path, settings) and not os.path.lexists(parts_dir):
-        return 'complete'
-    if not _zip_is_complete(zip_path, settings):
+    state = _zip_is_complete(zip_path, settings, overwrite)
+    if state and not os.path.lexists(parts_dir):
+        return 'complete' if state == 'same' else 'complete-legacy'
+    if not state:
         _check_replaceable(zip_path, settings, overwrite)
     os.makedirs(parts_dir, exist_ok=True)
     lock.acquire()
     _remove_stale_temp_zips(zip_path)
-    if _zip_is_complete(zip_path, settings):  # checked again under the lock: the zip is done
+    state = _zip_is_complete(zip_path, settings, overwrite)
+    if state:  # checked again under the lock: the zip is done
         shutil.rmtree(parts_dir, ignore_errors=True)
         lock.release()
-        return 'complete'
+        return 'complete' if state == 'same' else 'complete-legacy'
     for name in os.listdir(parts_dir):  # temp files of image writes that were cut off
         if name.startswith('.tmp-'):
             os.remove(os.path.join(parts_dir, name))
@@ -227,17 +241,18 @@ def assemble_zip(parts_dir, zip_path, num_images, settings):
         zf.comment = json.dumps(settings, sort_keys=True).encode()
 
 
-def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=None, batch_size=64,
-             device='cpu', mode='gi', verbose=False, progress=True, writer_threads=2, overwrite=False,
-             **sampler_kwargs):
+def dump_zip(net, encoder, zip_path, seeds, schedule, *, settings, gnet=None, guidance=None, batch_size=64,
+             device='cpu', verbose=False, progress=True, writer_threads=2, overwrite=False):
     """Generate one image per seed (entry k = seeds[k]) into `zip_path`, resuming unfinished work.
 
-    `settings` (a JSON-able dict of everything that determines the pixels) guards resumption:
-    a work folder made with other settings is refused rather than mixed, and so is replacing a
-    finished zip of other settings, unless `overwrite`. The work folder is locked for the run, so
+    `settings` (a JSON-able dict of everything that determines the pixels, the input files as
+    `digests.input_record` under 'inputs') guards resumption: a work folder made with other
+    settings or other input files is refused rather than mixed, and so is replacing a finished zip
+    of other settings, unless `overwrite`; input files are compared by content, not path. The work folder is locked for the run, so
     a second run on the same zip refuses at once. Existing parts count only after they decode to
     an image of the right size and mode; bad ones are regenerated. PNG encoding and file writes run
     in `writer_threads` worker threads, overlapping with sampling.
+    `schedule` and `guidance` as `generation.generate_batches` takes them.
     Returns a dict of timings and counts (rank 0's view).
     """
     seeds = seedlib.as_seed_sequence(seeds)
@@ -261,20 +276,23 @@ def dump_zip(net, encoder, zip_path, seeds, *, settings, gnet=None, guidance=Non
         if lock is not None:
             lock.release()
         raise UserError(status[len('error: '):])
-    if status == 'complete':
+    if status.startswith('complete'):
+        if status == 'complete-legacy':
+            dist.print0(f'note: {zip_path} was made by an older version of this program, which recorded the paths '
+                        f'of the networks but not their contents; it is kept as it is (--overwrite regenerates it).')
         dist.print0(f'{zip_path} is already complete; nothing to do.')
         return dict(generated=0, skipped=len(seeds))
     try:
-        return _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, gnet=gnet, guidance=guidance,
-                                  batch_size=batch_size, device=device, mode=mode, verbose=verbose,
-                                  progress=progress, writer_threads=writer_threads, **sampler_kwargs)
+        return _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, schedule, gnet=gnet,
+                                  guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,
+                                  progress=progress, writer_threads=writer_threads)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gnet, guidance, batch_size, device,
-                       mode, verbose, progress, writer_threads, **sampler_kwargs):
+def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, schedule, *, gnet, guidance, batch_size,
+                       device, verbose, progress, writer_threads):
     """The locked part of `dump_zip`: check the parts, generate the missing ones, write the zip."""
     import torch
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -310,8 +328,8 @@ def _fill_and_assemble(net, encoder, zip_path, parts_dir, seeds, settings, *, gn
 
     writes = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(writer_threads, 1)) as pool:
-        for batch in generate_batches(net, encoder, seeds, gnet=gnet, guidance=guidance, device=device, mode=mode,
-                                      batches=seedlib.deal_chunks(pending, world_size, rank), **sampler_kwargs):
+        for batch in generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=guidance, device=device,
+                                      batches=seedlib.deal_chunks(pending, world_size, rank)):
             images = batch.images.permute(0, 2, 3, 1).cpu().numpy()
             writes += [pool.submit(write_one, int(k), img) for k, img in zip(batch.indices, images) if int(k) not in done]
             while len(writes) > 4 * batch_size:  # bound memory held by queued images

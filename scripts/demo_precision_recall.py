@@ -19,6 +19,7 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
+from edmguide import cli  # noqa: E402
 from edmguide.errors import run_cli  # noqa: E402
 from edmguide.metrics import stats as stats_lib  # noqa: E402
 
@@ -31,7 +32,8 @@ def measure(weights, interval, num_images, workdir):
     net, encoder, gnet = loading.load_networks(files.cond, files.uncond, 'cpu')
     intervals = sweep.parse_intervals(['all', interval])
     settings = sweep.expand_settings(weights, intervals, ['uncond'])
-    records, summary = sweep.run_sweep(net, encoder, settings, guides={'uncond': gnet}, ref=stats_lib.load_reference(files.ref),
+    schedule = sweep.SamplerOptions().schedule(net, device='cpu')
+    records, summary = sweep.run_sweep(net, encoder, settings, schedule, guides={'uncond': gnet}, ref=stats_lib.load_reference(files.ref),
                                        ref_path=files.ref, metrics=METRICS, outdir=workdir, num_images=num_images,
                                        max_batch_size=250, device='cpu', record=dict(script='demo_precision_recall'),
                                        checkpoint_every=1)
@@ -76,7 +78,7 @@ def plot(rows, weights, path):
     imagelib.atomic_write(path, buf.getvalue())
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--num', 'num_images', type=click.IntRange(min=4), default=500, show_default=True, help='Images per setting')
 @click.option('--weights', default='1,1.5,2,2.5,3,4', show_default=True, help='Guidance weights (list or start:stop:step)')
 @click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval rows')

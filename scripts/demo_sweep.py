@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
 from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
+from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
 from edmguide.metrics import stats as stats_lib  # noqa: E402
 
@@ -35,7 +36,8 @@ def _run(job):
     files = presets.DEMO_FILES
     net, encoder, gnet = loading.load_networks(files.cond, getattr(files, job.guide), 'cpu')
     settings = sweep.expand_settings(job.weights, sweep.parse_intervals(job.intervals), [job.guide])
-    records, summary = sweep.run_sweep(net, encoder, settings, guides={job.guide: gnet}, ref=stats_lib.load_reference(files.ref),
+    schedule = sweep.SamplerOptions().schedule(net, device='cpu')
+    records, summary = sweep.run_sweep(net, encoder, settings, schedule, guides={job.guide: gnet}, ref=stats_lib.load_reference(files.ref),
                                        ref_path=files.ref, metrics=[METRIC], outdir=job.outdir, num_images=job.num,
                                        max_batch_size=job.batch, device='cpu', record=dict(guide=job.guide),
                                        checkpoint_every=1, progress=False)
@@ -43,7 +45,7 @@ def _run(job):
     return records, summary
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--num', 'num_images', type=click.IntRange(min=2), default=500, show_default=True, help='Images per setting (weight sweeps)')
 @click.option('--weights', default='1,1.1,1.25,1.5,2,3', show_default=True, help='Guidance weights (list or start:stop:step; 1 = no guidance)')
 @click.option('--interval', default='[15, 21]', show_default=True, help='Guided steps of the interval curves')

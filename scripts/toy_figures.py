@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from edmguide import cli  # noqa: E402
 from edmguide.errors import UserError, run_cli  # noqa: E402
 
 FIGURES = ('gi_1d', 'ag_2d')
@@ -48,7 +49,7 @@ def toy_figures(outdir, *, retrain=False, assets_dir=None, which=FIGURES, models
     return paths
 
 
-@click.command()
+@click.command(cls=cli.Command)
 @click.option('--outdir', help='Where to write the PNGs', metavar='DIR', type=str, default='docs/figures', show_default=True)
 @click.option('--retrain', help='Retrain the 2D toy MLPs first', is_flag=True)
 @click.option('--assets', 'assets_dir', help='Folder of the 2D toy MLP pickles [default: edmguide/toys/assets]',

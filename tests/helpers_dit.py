@@ -51,21 +51,22 @@ class TinyVAE:
 
 
 def fake_dit_net_module(calls=None, input_size=4):
-    """A module standing in for `edmguide.models.dit_net`: load_dit / load_dit_vae returning the tiny models
+    """A module standing in for `edmguide.models.dit_net`: load_dit_network / load_dit_vae returning the tiny models
     (records the loader arguments in `calls` if given)."""
     module = types.ModuleType('edmguide.models.dit_net')
 
-    def load_dit(path_or_id, *, embedding='dit', device=None, dtype=None):
+    def load_dit_network(source, *, embedding='dit', device='cpu', dtype=None, num_heads=None):
         if calls is not None:
-            calls.append(('load_dit', path_or_id, embedding))
+            calls.append(('load_dit_network', source, embedding))
         return TinyDiT(input_size=input_size, per_row=True)
 
-    def load_dit_vae(name_or_folder):
+    def load_dit_vae(name_or_folder=None, *, device='cpu'):
         if calls is not None:
             calls.append(('load_dit_vae', name_or_folder))
         return TinyVAE()
 
-    module.load_dit, module.load_dit_vae = load_dit, load_dit_vae
+    module.load_dit_network, module.load_dit_vae = load_dit_network, load_dit_vae
+    module.EMBEDDINGS = ('dit', 'diffusers')
     return module
 
 

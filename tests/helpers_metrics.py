@@ -129,4 +129,29 @@ def reference_fd(features1, features2):
         root = scipy.linalg.sqrtm(s1 @ s2)
     return float(np.real(np.square(mu1 - mu2).sum() + np.trace(s1 + s2 - 2 * root)))
 
+def fd_tolerance(features1, features2):
+    """Absolute bound on how far two float64 evaluations of the FD of these feature sets may differ.
+
+    Both sides get the same float32 features and differ only in float64 linear algebra. The
+    trace terms carry ~D * eps relative to their size. The square-root term is the weak one: the
+    test sets have fewer images than features, so S1 S2 is singular, and an eigenvalue that is 0
+    in exact arithmetic comes out as +-delta with delta ~ D * eps * |S1| |S2|, whose square root
+    is sqrt(delta), once per null eigenvalue (at most D of them). A factor 4 covers both sides.
+    """
+    eps = np.finfo(np.float64).eps
+    f1 = np.asarray(features1, dtype=np.float64)
+    f2 = np.asarray(features2, dtype=np.float64)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    dim = s1.shape[0]
+    norm = np.linalg.norm(s1, 2) * np.linalg.norm(s2, 2)
+    scale = np.trace(s1) + np.trace(s2) + np.square(f1.mean(0) - f2.mean(0)).sum()
+    return 4 * (dim * np.sqrt(dim * eps * norm) + dim * eps * scale)
+
+def assert_prints_as(value, expected, tol, digits=2):
+    """`value` within `tol` of `expected`, and `expected` far enough from a rounding boundary that
+    any value within `tol` prints with the same `digits` decimals on every machine."""
+    assert abs(value - expected) <= tol, (value, expected, tol)
+    step = 10.0 ** -digits
+    assert abs((expected / step) % 1 - 0.5) * step > tol, 'test data too close to a rounding boundary'
+
 #----------------------------------------------------------------------------

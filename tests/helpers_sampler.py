@@ -53,3 +53,14 @@ def one_hot(n, label_dim, cls, dtype=torch.float64):
     labels = torch.zeros(n, label_dim, dtype=dtype)
     labels[:, cls] = 1
     return labels
+
+
+def schedule_of(net, mode='edm2', num_steps=32, dtype=None):
+    """The sampler's Schedule for `net` with these options (the tensor and the resolved intervals)."""
+    from edmguide.schedule import SamplerOptions
+    return SamplerOptions(num_steps=num_steps, mode=mode, dtype=dtype).schedule(net)
+
+
+def sigmas_of(net, mode='edm2', num_steps=32, dtype=None):
+    """The noise-level tensor the sampler runs on for `net` with these options."""
+    return schedule_of(net, mode, num_steps, dtype).sigmas

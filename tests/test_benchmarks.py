@@ -13,9 +13,10 @@ SCRIPT = os.path.join(ROOT, 'benchmarks', 'run_benchmarks.py')
 
 def test_quick_run_writes_all_sections(tmp_path):
     out = tmp_path / 'results'
+    sections = 'sampler,pipeline,frechet,features,precision,threads'  # gpu: its own test below
     proc = subprocess.run([sys.executable, SCRIPT, '--quick', '--device', 'cpu', '--out', str(out),
-                           '--name', 'smoke', '--precision-on-cpu'],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                           '--name', 'smoke', '--precision-on-cpu', '--sections', sections],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / 'smoke.json').read_text())
     markdown = (out / 'smoke.md').read_text()
@@ -78,3 +79,68 @@ def test_runner_picks_up_every_bench_module_and_writes_to_a_temp_folder_by_defau
     assert [m.ORDER for m in modules] == sorted(m.ORDER for m in modules)
     source = open(SCRIPT).read()
     assert "default=None, help='output folder (default: a new temporary folder" in source
+
+
+def test_gpu_bench_quick_on_cpu_writes_every_part_and_refuses_to_replace(tmp_path):
+    """benchmarks/bench_gpu.py (issue 23) on the CPU with --quick: every part runs and the numbers that
+    are exact by construction hold (on the CPU the default numerics are float32, so the "fp16" run is
+    the float32 run: identical images, FD 0 up to float64 round-off)."""
+    out = tmp_path / 'results'
+    script = os.path.join(ROOT, 'benchmarks', 'bench_gpu.py')
+    cmd = [sys.executable, script, '--device=cpu', '--quick', '--threads', '1', '--out', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / 'gpu-cpu-quick.json').read_text())['gpu']
+    markdown = (out / 'gpu-cpu-quick.md').read_text()
+    for heading in ('## 7. GPU', '### 7.1 fp16 parity', '### 7.2 Throughput', '### 7.3 Metric blocks',
+                    '### 7.4 Speed options'):
+        assert heading in markdown, heading
+    assert not any('error' in result[part] for part in ('parity', 'throughput', 'metrics', 'options'))
+
+    rows = {row['net']: row for row in result['parity']['rows']}
+    assert {'tiny latent 8x8x4', 'tiny pixel 8x8x3', 'tiny SD-XL UNet (8x8x4 latents)'} <= set(rows)
+    for row in rows.values():
+        for key in ('default_vs_fp32', 'default_vs_cpu', 'fp32_vs_cpu'):
+            assert row[key] == {'max_abs': 0, 'share_differing': 0.0}, (row['net'], key)
+        # Identical feature sets: the FD is 0 up to the float64 round-off of the covariance square
+        # root, ~1e-16 relative to the trace of the 4-d covariances (each O(1)); 1e-9 leaves room.
+        assert abs(row['fd_default_vs_fp32']) < 1e-9
+    if 'tiny DiT' not in rows:
+        assert any(note.startswith('tiny DiT: skipped') for note in result['parity']['notes'])
+
+    # Evaluation counts from the schedule: 6 steps = 11 main evaluations; CFG doubles them; the interval
+    # [2, 3] guides 2 steps (2 evaluations each); the upstream loop evaluates the guide at every step.
+    by = {(row['batch'], row['method']): row for row in result['throughput']['rows']}
+    assert by[(2, 'CFG, all steps')]['evals_per_image_setting'] == 22
+    assert by[(2, 'interval [2, 3]')]['evals_per_image_setting'] == 11 + 4
+    assert by[(2, 'upstream_loop, interval [2, 3] (guide at every step)')]['evals_per_image_setting'] == 22
+    tree = by[(2, 'tree sweep, 4 settings')]
+    assert tree['evals_per_image_setting'] * 4 < tree['separate_runs_evals']
+    assert all(row['images_per_s'] > 0 for row in by.values())
+
+    pr = result['metrics']['pr']
+    assert 0 <= pr['precision'] <= 1 and 0 <= pr['recall'] <= 1 and pr['num'] == 300
+    assert result['metrics']['dinov2']['images_per_s'] > 0 and 'DINOv2' in result['metrics']['dinov2']['detector']
+    options = {row['option']: row for row in result['options']['rows']}
+    assert options['channels_last']['equal'] and 'CUDA only' in options['torch.compile']['error']
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert again.returncode != 0 and again.stderr.strip().startswith('error:') and '--overwrite' in again.stderr
+    assert 'Traceback' not in again.stderr
+
+
+def test_gpu_bench_time_allowance_names_the_rows_it_leaves_out():
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(os.path.join(ROOT, 'benchmarks'))
+    unlimited = bench_gpu.Budget(None)  # --quick: no allowance, no deadline
+    assert unlimited.ok('row', need_s=1e9) and unlimited.skipped == []
+    spent = bench_gpu.Budget(0)
+    assert not spent.ok('row 1') and not spent.ok('row 2') and spent.skipped == ['row 1', 'row 2']
+    import time
+    past = bench_gpu.Budget(1e9, deadline=time.perf_counter() - 1)
+    assert not past.ok('late') and past.skipped == ['late']
+    roomy = bench_gpu.Budget(1e9, deadline=time.perf_counter() + 1e6)
+    assert roomy.ok('fits', need_s=10) and not roomy.ok('compile', need_s=2e6) and roomy.skipped == ['compile']

@@ -92,6 +92,7 @@ def test_shipped_demo_safetensors_match_the_shipped_pickles():
         net_p, _ = loading.load_network(os.path.join(presets.DEMO_DIR, f'digits-{name}.pkl'))
         net_s, _ = loading.load_network(presets.DEMO_FILES[name])
         assert _state_equal(net_p, net_s)
+        convert.check_structure(net_p, net_s, name)   # every plain attribute too (sigma_data, use_fp16, ...)
 
 def test_edm_v1_style_wrapper_keeps_its_sigma_range_and_vae_encoder(tmp_path):
     """EDM v1 / guidance-interval layout: plain dict, augment_pipe None, a net with its own sigma range."""
@@ -173,6 +174,147 @@ def test_pickle_with_code_converts_only_on_request_and_its_safetensors_never_run
     assert result.stdout.strip() == 'training.networks_edm2' and not marker.exists()
 
 #----------------------------------------------------------------------------
+# An existing output is never replaced silently (issue 28).
+
+def test_existing_output_is_kept_refused_or_replaced_only_with_overwrite(converted, tmp_path, monkeypatch):
+    a, b = converted['cond'][0], converted['uncond'][0]
+    out = tmp_path / 'out.safetensors'
+    _convert(a, out)
+    before, mtime = out.read_bytes(), out.stat().st_mtime_ns
+    # The same conversion again: reported as done, the file untouched.
+    summary = convert.convert(a, str(out), verbose=False)
+    assert summary['unchanged'] and out.read_bytes() == before and out.stat().st_mtime_ns == mtime
+    # Another pickle: refused before that pickle is opened (its code never runs), also when the
+    # existing file is named by another spelling of its path.
+    real_load = loading.load_network
+    def must_not_open(*args, **kwargs):
+        raise AssertionError('the pickle was opened')
+    monkeypatch.setattr(loading, 'load_network', must_not_open)
+    (tmp_path / 'sub').mkdir()
+    for spelling in (out, tmp_path / 'sub' / '..' / 'out.safetensors', os.path.relpath(out)):
+        with pytest.raises(UserError) as info:
+            convert.convert(b, str(spelling), verbose=False)
+        message = str(info.value)
+        assert 'exists, converted from another file' in message and 'tiny-cond.pkl' in message, message
+        assert 'use --overwrite to replace it' in message and '\n' not in message
+    # A file that is not a verified conversion (someone's other file) is not replaced either.
+    mine = tmp_path / 'mine.safetensors'
+    mine.write_text('my notes')
+    with pytest.raises(UserError, match='exists and is not a verified conversion .*; use --overwrite to replace it'):
+        convert.convert(b, str(mine), verbose=False)
+    assert mine.read_text() == 'my notes' and out.read_bytes() == before
+    monkeypatch.setattr(loading, 'load_network', real_load)
+    # Converted from this very pickle, but with other content (here: another record of its code).
+    net, encoder = loading.load_network(a)
+    out.write_bytes(convert.to_safetensors(net, encoder, a, convert.sha256_file(a), code=[]))
+    with pytest.raises(UserError, match=r'exists, converted from this pickle but with other content \(metadata field code\)'):
+        convert.convert(a, str(out), verbose=False)
+    # --overwrite replaces.
+    summary = convert.convert(b, str(out), overwrite=True, verbose=False)
+    assert not summary['unchanged'] and _state_equal(loading.load_network(str(out))[0], loading.load_network(b)[0])
+
+def test_output_that_is_the_input_is_refused_even_with_overwrite(converted, tmp_path):
+    pkl = converted['cond'][0]
+    original = open(pkl, 'rb').read()
+    (tmp_path / 'sym.safetensors').symlink_to(pkl)
+    os.link(pkl, tmp_path / 'hard.safetensors')
+    for name in ('sym.safetensors', 'hard.safetensors'):
+        for overwrite in (False, True):
+            with pytest.raises(UserError, match='is the input file itself'):
+                convert.convert(pkl, str(tmp_path / name), overwrite=overwrite, verbose=False)
+    assert open(pkl, 'rb').read() == original
+
+def test_converter_cli_refuses_then_overwrites(converted, tmp_path):
+    out = tmp_path / 'x.safetensors'
+    assert invoke(convert.main, [converted['cond'][0], out]).exit_code == 0
+    result = invoke(convert.main, [converted['cond'][0], out])
+    assert result.exit_code == 0 and 'already holds this conversion' in result.output
+    assert_one_line_error(invoke(convert.main, [converted['uncond'][0], out]), 'x.safetensors', '--overwrite')
+    result = invoke(convert.main, [converted['uncond'][0], out, '--overwrite'])
+    assert result.exit_code == 0, result.output
+    assert loading.load_network(str(out))[0].label_dim == 0
+
+#----------------------------------------------------------------------------
+# The pickle's embedded source against this project's (issue 21).
+
+def _pickle_with_source(path, edit):
+    """A pickle whose Precond (and its submodules) come from this project's networks_edm2.py source
+    changed by `edit(src)`; weights from a tiny random net."""
+    from torch_utils import persistence
+    module = persistence._src_to_module(edit(networks_edm2.Precond._orig_module_src))
+    net = module.Precond(16, 3, 0, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[8])
+    net.load_state_dict(make_tiny_net(0, 7).state_dict())
+    path.write_bytes(pickle.dumps(dict(ema=net.eval().requires_grad_(False), encoder=encoders.StandardRGBEncoder())))
+    return str(path)
+
+def _code(path):
+    data = open(path, 'rb').read()
+    return weights.read_metadata(weights.read_header(data, path), path)['code']
+
+def test_metadata_records_that_our_own_pickles_embed_our_source(converted):
+    import hashlib
+    with open(os.path.join(ROOT, 'training', 'networks_edm2.py'), encoding='utf-8') as f:
+        ours = hashlib.sha256(f.read().encode('utf-8')).hexdigest()
+    code = _code(converted['cond'][1])
+    assert code[0] == dict(module='training.networks_edm2', classes=['Block', 'MPConv', 'MPFourier', 'Precond', 'UNet'],
+                           sha256=ours, match='identical', difference=None, upstream=None)
+    assert code[1]['module'] == 'training.encoders' and code[1]['match'] == 'identical'
+
+@pytest.mark.parametrize('edit,match,difference', [
+    # Text differs, interface equal: comments, and helpers the network never uses.
+    (lambda s: '# another copy\n' + s + '\ndef unused_helper(a, b=2):\n    return a\n', 'same-interface', None),
+    # Differences that the CPU float32 check cannot see: a default that only matters on CUDA, and a
+    # signature change of a function the network calls.
+    (lambda s: s.replace('force_fp32=False, return_logvar=False', 'force_fp32=True, return_logvar=False'), 'different',
+     'Precond.forward has other default values (pickle: [None, True, False]; this project: [None, False, False])'),
+    (lambda s: s.replace('def mp_silu(x):', 'def mp_silu(x, scale=0.596):'), 'different',
+     'function mp_silu has other arguments (pickle: [x, scale]; this project: [x])'),
+])
+def test_embedded_source_is_compared_recorded_and_reported(tmp_path, capsys, edit, match, difference):
+    pkl = _pickle_with_source(tmp_path / 'net.pkl', edit)
+    st = str(tmp_path / 'net.safetensors')
+    convert.convert(pkl, st)   # the outputs still verify: these differences do not show on the CPU
+    entry = _code(st)[0]
+    assert entry['module'] == 'training.networks_edm2' and entry['match'] == match
+    printed = capsys.readouterr()
+    if difference is None:
+        assert entry['difference'] is None and 'differs in text from this project\'s but has the same classes' in printed.out
+        assert 'not on CUDA' in printed.out
+    else:
+        assert entry['difference'] == difference
+        err = printed.err
+        assert "warning: the pickle's training.networks_edm2 source is not the one this project re-implements" in err
+        assert entry['difference'] in err and 'on CUDA (float16 with use_fp16) they may differ' in err
+
+def test_known_upstream_text_is_recognised_by_its_normalised_digest(tmp_path, capsys, monkeypatch):
+    """NVIDIA's files are not part of this project, so a stand-in text plays the released file: its
+    digest after normalisation (line endings, trailing spaces, final newlines) is registered."""
+    import hashlib
+    from edmguide import embedded_source
+    released = '# released\n' + networks_edm2.Precond._orig_module_src
+    normal = '\n'.join(line.rstrip() for line in released.split('\n')).rstrip('\n') + '\n'
+    monkeypatch.setitem(embedded_source.KNOWN_UPSTREAM, hashlib.sha256(normal.encode()).hexdigest(), 'the release')
+    # The same text with CRLF line ends, trailing spaces and extra final newlines is still the release.
+    spelled = released.replace('\n', '  \r\n') + '\r\n\r\n'
+    pkl = _pickle_with_source(tmp_path / 'release.pkl', lambda s: spelled)
+    convert.convert(pkl, str(tmp_path / 'release.safetensors'))
+    entry = _code(str(tmp_path / 'release.safetensors'))[0]
+    assert entry['match'] == 'upstream' and entry['upstream'] == 'the release' and entry['difference'] is None
+    assert "code: the pickle's training.networks_edm2 source is the release, the code this project re-implements" \
+        in capsys.readouterr().out
+    assert embedded_source.compare_source(released.replace('0.596', '0.597'), networks_edm2.Precond._orig_module_src,
+                                          ['Precond']) == ('same-interface', None)   # one character off: not the release
+
+def test_source_comparison_treats_defaults_as_values():
+    from edmguide import embedded_source
+    ours = 'class A:\n    def __init__(self, f=(1, 1), eps=1e-4):\n        pass\n'
+    assert embedded_source.compare_source('class A:\n    def __init__(self, f=[1,1], eps=0.0001): x = 1\n', ours, ['A']) \
+        == ('same-interface', None)
+    assert embedded_source.compare_source('class A:\n    def __init__(self, f=[1,2], eps=1e-4): pass\n', ours, ['A'])[0] \
+        == 'different'
+    assert embedded_source.compare_source('class B: pass\n', ours, ['A']) == ('different', 'it does not define A at module level')
+
+#----------------------------------------------------------------------------
 # Loading never unpickles: a child process where pickle, torch.load and exec raise.
 
 def _child_forbidding_pickle(body, forbid=True):
@@ -230,8 +372,9 @@ def test_loading_and_sampling_never_call_pickle_torch_load_or_exec(converted, tm
 #----------------------------------------------------------------------------
 # CLI.
 
-def _pngs(folder):
-    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+def _pngs(folder):  # the images, not the folder's settings.json record (it names the net files)
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))
+            if name.endswith('.png')}
 
 def test_cli_with_safetensors_gives_bit_identical_pngs(converted, tmp_path):
     for kind, index in [('pkl', 0), ('st', 1)]:

@@ -338,3 +338,67 @@ def test_tree_evaluation_counts_by_hand():
     made, separate = dit.tree_evaluations([None, dit.dit_guidance()])
     assert (separate.net, separate.gnet) == (500, 75)
     assert (made.net, made.gnet) == (124 + 2 * 126, 75)
+
+#----------------------------------------------------------------------------
+# The options object and the schedule the generation iterator runs (DiTOptions, DiTSchedule).
+
+def test_dit_options_are_checked_and_recorded():
+    import json
+    options = dit.DiTOptions()
+    assert (options.mapping, options.guide_channels, options.num_steps, options.numerics, options.mode) == \
+        ('paper', 3, 250, 'per-seed', 'edm2')
+    assert dit.DiTOptions(guide_channels='all').guide_channels == 'all'
+    assert dit.DiTOptions(guide_channels='3') == options
+    record = options.as_record()
+    assert json.loads(json.dumps(record)) == record
+    assert record != dit.DiTOptions(mapping='model').as_record()
+    for bad, match in ((dict(mapping='vp'), '--dit_mapping'), (dict(guide_channels=2), '--dit_guide_channels'),
+                       (dict(numerics='gi'), '--numerics'), (dict(num_steps=0), 'steps'), (dict(mode='gi'), 'mode')):
+        with pytest.raises(UserError, match=match):
+            dit.DiTOptions(**bad)
+    with pytest.raises(UserError, match='--dit_mapping'):
+        options.replace(mapping='nope')
+
+
+def test_dit_schedule_resolves_intervals_as_dit_guidance():
+    from edmguide.guidance import Interval
+    for mapping in dit.MAPPINGS:
+        schedule = dit.DiTOptions(mapping=mapping).schedule(device='cpu')
+        assert schedule.num_steps == 250 and schedule.options.mapping == mapping
+        assert schedule.levels == tuple(dit.step_sigmas(mapping).tolist())
+        assert schedule.weights(schedule.guidance(2.5, dit.DEFAULT_INTERVAL)) == \
+            dit.step_weights(dit.dit_guidance(2.5, mapping=mapping), mapping)
+        assert schedule.guided_steps(schedule.guidance(1.5, Interval())) == list(range(250))
+        assert schedule.guided_steps(schedule.guidance(1.5)) == list(range(250))
+        assert schedule.guided_steps(schedule.guidance(3.0, Interval.of_steps(10, 20))) == list(range(10, 21))
+        assert schedule.weights(schedule.guidance(1, dit.DEFAULT_INTERVAL)) == (1.0,) * 250
+    schedule = dit.DiTOptions().schedule()
+    assert len(schedule.guided_steps(schedule.guidance(2.5, dit.DEFAULT_INTERVAL))) == 75
+    with pytest.raises(UserError, match='guides none') as exc:
+        dit.DiTOptions(mapping='model').schedule().guidance(2.5, Interval.of_sigma(200, 300))
+    assert '\n' not in str(exc.value)
+    with pytest.raises(UserError, match='0 <= start <= stop <= 249'):
+        schedule.guidance(2.5, Interval.of_steps(10, 250))
+    with pytest.raises(UserError, match='--guidance'):
+        schedule.guidance(float('inf'))
+
+
+def test_dit_schedule_samples_like_sample_dit_tree(row_net):
+    from edmguide import sampling
+    seeds, classes = [5, 6], [3, 4]
+    schedule = dit.DiTOptions().schedule()
+    branches = [(None, None), (None, schedule.guidance(2.5, dit.DEFAULT_INTERVAL)),
+                (None, schedule.guidance(4.0, dit.DEFAULT_INTERVAL))]
+    assert schedule.check_branches(branches)[0] == (1.0,) * 250
+    rng = StackedRandomGenerator('cpu', seeds)
+    noise = rng.randn([2, 4, row_net.input_size, row_net.input_size])
+    labels = torch.nn.functional.one_hot(torch.tensor(classes), 1000).float()
+    counter = sampling.EvalCounter()
+    got = schedule.sample_tree(row_net, noise, labels, branches, randn_like=rng.randn_like, counter=counter)
+    for (_, guidance), image in zip(branches, got):
+        assert torch.equal(image, _per_seed(row_net, seeds, classes, guidance))
+    made, _ = dit.tree_evaluations([g for _, g in branches])
+    assert (counter.net, counter.gnet) == (made.net, made.gnet)
+    with pytest.raises(UserError, match='numerics'):
+        dit.DiTOptions(numerics='dit').schedule().sample_tree(row_net, noise, labels, branches,
+                                                                randn_like=rng.randn_like, counter=None)

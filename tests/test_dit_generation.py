@@ -40,7 +40,7 @@ def test_seed_pngs_default_to_the_paper_fid_interval_and_do_not_depend_on_batch(
         assert result.exit_code == 0, result.output
     assert 'steps [124, 198] (75 of 250' in result.output
     assert '250 conditional + 75 unconditional = 325' in result.output
-    assert ('load_dit', 'DiT-XL-2-512x512.pt', 'dit') in loaders
+    assert ('load_dit_network', 'DiT-XL-2-512x512.pt', 'dit') in loaders
     one, three = _pngs(tmp_path / 'b1'), _pngs(tmp_path / 'b3')
     assert list(one) == ['000000.png', '000001.png', '000002.png'] and one == three
     images = [np.asarray(PIL.Image.open(tmp_path / 'b1' / name)) for name in one]
@@ -52,7 +52,7 @@ def test_options_reach_the_loader_and_sampler(loaders, tmp_path):
                                            '--dit_embedding', 'diffusers', '--dit_mapping', 'model', '--guidance', '4',
                                            '--guidance_sigma', '(0.45, 1.23]', '--dit_vae', 'stabilityai/sd-vae-ft-mse'])
     assert result.exit_code == 0, result.output
-    assert ('load_dit', 'facebook/DiT-XL-2-512', 'diffusers') in loaders
+    assert ('load_dit_network', 'facebook/DiT-XL-2-512', 'diffusers') in loaders
     assert ('load_dit_vae', 'stabilityai/sd-vae-ft-mse') in loaders
     assert "42 of 250" in result.output and '250 conditional + 42 unconditional' in result.output
 
@@ -106,7 +106,7 @@ def test_bad_dit_input_is_one_line_and_writes_nothing(loaders, tmp_path, extra, 
     result = invoke(generate_images.main, ['--dit', 'm.pt', '--seeds', '0', '--outdir', out] + extra)
     assert_one_line_error(result, needle)
     assert not out.exists() or os.listdir(out) == []
-    assert not [c for c in loaders if c[0] == 'load_dit']  # refused before loading
+    assert not [c for c in loaders if c[0] == 'load_dit_network']  # refused before loading
 
 
 def test_dit_options_refused_in_edm2_mode_and_existing_images_kept(loaders, tmp_path):
@@ -165,9 +165,10 @@ def test_missing_loader_module_is_one_line(tmp_path, monkeypatch):
 def test_evaluations_per_image_are_counted_per_batch(loaders):
     from edmguide import generation
     net = TinyDiT(per_row=True)
+    schedule = dit.DiTOptions().schedule()
     batches = list(generation.generate_batches(dit.GenerationNet(net), dit.GenerationDecoder(TinyVAE()), [0, 1, 2],
-                                               guidance=dit.dit_guidance(), max_batch_size=2, rank=0, world_size=1,
-                                               sampler=dit.generation_sampler))
+                                               schedule, guidance=schedule.guidance(2.5, dit.DEFAULT_INTERVAL),
+                                               max_batch_size=2, rank=0, world_size=1))
     assert [(b.counter.net, b.counter.gnet) for b in batches] == [(250, 75), (250, 75)]
     assert all(b.images.dtype == torch.uint8 and b.images.shape[1:] == (3, 32, 32) for b in batches)
 
@@ -193,3 +194,37 @@ def test_metrics_gen_equals_calc_on_the_written_pngs(loaders, cache, tmp_path):
     assert_one_line_error(refused, '--steps would be ignored')
     refused = invoke(calculate_metrics.edm2_cli, ['gen', '--net', 'x.pkl', '--ref', str(dest), '--dit_mapping', 'model'])
     assert_one_line_error(refused, '--dit_mapping only apply with --dit')
+
+
+def test_embedding_choices_are_dit_nets():
+    from edmguide import cli
+    from edmguide.models import dit_generation, dit_net
+    assert cli.DIT_EMBEDDINGS == dit_net.EMBEDDINGS == dit_generation.EMBEDDINGS
+
+
+def test_real_dit_net_through_generate_images(tmp_path):
+    """The real loader (`dit_net.load_dit_network`, `load_dit_vae`) on a tiny diffusers DiT folder: the
+    command's PNGs are the library's `sample_dit` of each seed, decoded by the folder's VAE."""
+    from test_dit_net import _tiny_vae, make_dit_params, tiny_transformer
+    from edmguide.models import dit_net
+    from edmguide.seeds import StackedRandomGenerator
+    import json
+    folder = tmp_path / 'tiny-dit'
+    tiny_transformer(make_dit_params(0)).save_pretrained(folder / 'transformer')
+    _tiny_vae().save_pretrained(folder / 'vae')
+    (folder / 'model_index.json').write_text(json.dumps(dict(_class_name='DiTPipeline')))
+    result = invoke(generate_images.main, ['--dit', folder, '--dit_vae', folder, '--seeds', '0-1', '--class', '3,7',
+                                           '--outdir', tmp_path / 'out'])
+    assert result.exit_code == 0, result.output
+    assert 'evaluations per image: 250 conditional + 75 unconditional = 325' in result.output
+    net, vae = dit_net.load_dit_network(str(folder)), dit_net.load_dit_vae(str(folder))
+    schedule = dit.DiTOptions().schedule()
+    for seed, cls in ((0, 3), (1, 7)):
+        rng = StackedRandomGenerator('cpu', [seed])
+        noise = rng.randn([1, 4, net.input_size, net.input_size])
+        with torch.no_grad():
+            latents = dit.sample_dit(net, noise, torch.tensor([cls]), schedule.guidance(2.5, dit.DEFAULT_INTERVAL),
+                                     noise_source=rng)
+            expected = np.asarray(vae.decode(latents))[0]
+        written = np.asarray(PIL.Image.open(tmp_path / 'out' / f'{seed:06d}.png'))
+        assert np.array_equal(written, expected)

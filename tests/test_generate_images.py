@@ -12,7 +12,9 @@ from cli_helpers import assert_one_line_error, invoke, run_script
 
 
 def _png_bytes(folder):
-    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))}
+    """The PNGs of a folder (not its settings.json record, which names the options that made them)."""
+    return {name: open(os.path.join(folder, name), 'rb').read() for name in sorted(os.listdir(folder))
+            if name.endswith('.png')}
 
 
 def test_seed_images_identical_bytes_for_batch_sizes_1_and_5(tiny_pickles, tmp_path):
@@ -38,8 +40,8 @@ def test_subdirs_group_seeds_per_thousand(tiny_pickles, tmp_path):
 
 
 def test_sigma_range_and_step_indices_give_identical_pngs(tiny_pickles, tmp_path):
-    from edmguide.sampling import sampler_sigmas
-    t = sampler_sigmas(None, 'edm2', num_steps=32)
+    from edmguide.sampling import noise_levels
+    t = noise_levels(32)  # EDM2's float32 levels, which the sampler runs on
     sigma = f'({float(t[23])!r}, {float(t[17])!r}]'
     common = ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'], '--guidance', '3', '--seeds', '0-1', '--class', '7']
     assert invoke(generate_images.main, common + ['--outdir', tmp_path / 'idx', '--guidance_interval', '[17, 22]']).exit_code == 0
@@ -140,12 +142,14 @@ def test_unknown_device_is_a_one_line_error(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_library_call_forwards_the_sampler_dtype_as_upstream(tiny_pickles, tmp_path):
-    """Upstream's generate_images forwards unknown keyword arguments to the sampler (e.g. dtype)."""
+def test_library_call_takes_the_sampler_dtype_as_upstream(tiny_pickles, tmp_path):
+    """Upstream's generate_images forwards the sampler's dtype; here it is a field of the one options object."""
     import torch
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
     paths = generate_images.generate_seed_images(tiny_pickles['cond'], str(tmp_path), gnet=tiny_pickles['uncond'],
-                                                 guidance=2.0, guidance_interval=(1, 2), seeds=[0], num_steps=4,
-                                                 dtype=torch.float64, device='cpu')
+                                                 guidance=2.0, interval=Interval.of_steps(1, 2), seeds=[0],
+                                                 sampler=SamplerOptions(num_steps=4, dtype=torch.float64), device='cpu')
     assert paths == [str(tmp_path / '000000.png')] and os.path.isfile(paths[0])
 
 

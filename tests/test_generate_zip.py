@@ -162,8 +162,10 @@ def test_resuming_with_another_batch_size_is_refused(tiny_pickles, tmp_path):
 
 def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
     import generate_zip as gz
-    kwargs = dict(zip_dir=str(tmp_path), num_images=3, batch_size=2, guidance_scale=2.0, guidance_interval=(1, 2),
-                  num_steps=4, device='cpu', progress=False)
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
+    kwargs = dict(zip_dir=str(tmp_path), num_images=3, batch_size=2, guidance_scale=2.0, interval=Interval.of_steps(1, 2),
+                  sampler=SamplerOptions(num_steps=4, mode='gi'), device='cpu', progress=False)
     first = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **kwargs)
     assert first['path'] == str(tmp_path / 'tiny-cond-s0-nimg3-g2.00-gi.zip') and os.path.isfile(first['path'])
     assert (first['generated'], first['skipped']) == (3, 0)
@@ -176,18 +178,20 @@ def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(t
     """The settings record the schedule exactly: str() of the two ranges is the same, the images are not."""
     import generate_zip as gz
     from edmguide.errors import UserError
-    kwargs = dict(zip_dir=str(tmp_path), num_images=2, batch_size=2, guidance_scale=2.0, guidance_interval=None,
-                  num_steps=4, device='cpu', progress=False)
-    zip_path = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9),
-                               **kwargs)['path']
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
+    kwargs = dict(zip_dir=str(tmp_path), num_images=2, batch_size=2, guidance_scale=2.0,
+                  sampler=SamplerOptions(num_steps=4, mode='gi'), device='cpu', progress=False)
+    zip_path = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']),
+                               interval=Interval.of_sigma(0.28, 2.9), **kwargs)['path']
     parts = tmp_path / (os.path.basename(zip_path) + '.parts')
     parts.mkdir()
     (parts / 'settings.json').write_text(_settings_of(zip_path))  # as if that run had stopped early
     (parts / '000000.png').write_bytes(dict(_zip_entries(zip_path))['000000.png'])
     os.unlink(zip_path)
     with pytest.raises(UserError, match=r'other settings \(guidance\)'):
-        gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), guidance_sigma=(0.28, 2.9000001),
-                        **kwargs)
+        gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']),
+                        interval=Interval.of_sigma(0.28, 2.9000001), **kwargs)
 
 
 def test_upstream_verbose_true_syntax_and_start_message(tiny_pickles, tmp_path):

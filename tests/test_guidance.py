@@ -10,8 +10,8 @@ from edmguide.errors import UserError
 from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import (GuidanceSchedule, indices_to_sigma_range, parse_interval, parse_sigma_range,
                                sigma_range_to_indices)
-from edmguide.sampling import EvalCounter, noise_levels, sample, sampler_sigmas
-from helpers_sampler import ToyNet, one_hot, two_mode_mixture
+from edmguide.sampling import EvalCounter, noise_levels, sample
+from helpers_sampler import schedule_of, sigmas_of, ToyNet, one_hot, two_mode_mixture
 
 T32 = noise_levels(32)                          # EDM2 float32 levels
 T64 = noise_levels(32, dtype=torch.float64)     # GI float64 levels
@@ -94,7 +94,7 @@ def _run(net, gnet, guidance, sigmas, mode, labels=None, counter=None):
 @pytest.mark.parametrize('mode', ['edm2', 'gi'])
 def test_sigma_range_and_equivalent_step_indices_give_bit_identical_images(mode):
     net, gnet = ToyNet(0), ToyNet(1)
-    sigmas = sampler_sigmas(net, mode, 32)
+    sigmas = sigmas_of(net, mode, 32)
     by_index = _run(net, gnet, GuidanceSchedule.step_indices(2.0, 17, 22, sigmas), sigmas, mode)
     by_sigma = _run(net, gnet, GuidanceSchedule.sigma_range(2.0, sigmas[23].item(), sigmas[17].item()), sigmas, mode)
     snapped = _run(net, gnet, GuidanceSchedule.sigma_range(2.0, 0.19, 1.61).snapped(sigmas), sigmas, mode)
@@ -111,7 +111,7 @@ def test_autoguidance_with_interval_uses_weaker_conditional_guide_only_inside_in
     def guide(x, sigma, class_labels=None):
         calls.append(class_labels is not None)
         return weak(x, sigma, class_labels)
-    sigmas = sampler_sigmas(net, 'edm2', 32)
+    sigmas = sigmas_of(net, 'edm2', 32)
     labels = one_hot(3, 2, 1, torch.float32)
     counter = EvalCounter()
     auto = _run(net, guide, GuidanceSchedule.step_indices(2.0, 13, 19, sigmas), sigmas, 'edm2', labels, counter)
@@ -203,12 +203,12 @@ def test_paper_rounded_bounds_get_a_hint_only_when_they_select_other_steps():
 def test_step_interval_is_converted_on_the_schedule_of_the_sampling_dtype(dtype):
     """edm2 numerics in float64 (upstream's `dtype` sampler option): the bounds come from the float64
     levels, so steps [start, stop] are exactly the guided ones for every interval."""
-    from edmguide.generation import build_guidance
+    from edmguide.guidance import Interval
     net = ToyNet(0)
     levels = T32 if dtype == torch.float32 else T64
     assert not torch.equal(T32.double(), T64)  # the two schedules do differ
     for start, stop in [(17, 22), (15, 21), (13, 19), (0, 30), (4, 4)]:
-        guidance = build_guidance(2.0, interval=(start, stop), net=net, mode='edm2', dtype=dtype)
+        guidance = schedule_of(net, 'edm2', 32, dtype).guidance(2.0, Interval.of_steps(start, stop))
         assert guidance.segments == ((float(levels[stop + 1]), float(levels[start]), 2.0),)
         counter = EvalCounter()
         sample(net, torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0)), gnet=ToyNet(1),

@@ -58,7 +58,7 @@ def assert_user_error(path, *fragments, **kwargs):
 
 def test_missing_file_is_a_user_error(tmp_path):
     assert_user_error(tmp_path / 'nope.pkl', 'no such file')
-    assert_user_error(tmp_path, 'no such file')
+    assert_user_error(tmp_path, 'is a directory')  # named as what it is, not as missing
 
 def test_non_pickle_file_is_a_user_error(tmp_path):
     path = tmp_path / 'notes.txt'

@@ -9,7 +9,6 @@ import torch
 
 from edmguide.errors import UserError
 from edmguide.metrics import precision_recall as pr
-from edmguide.seeds import rank_batches
 
 #----------------------------------------------------------------------------
 # Independent reference: every pairwise distance in float64 (no torch, no blocks).
@@ -111,7 +110,6 @@ def test_accumulator_state_dict_round_trip_and_reference_entry():
     assert torch.equal(other.features(), acc.features()) and acc.features().dtype == torch.float16
     entry = acc.reference_entry()
     assert entry['features'].dtype == np.float16 and entry['features'].shape == (5, 2)
-    assert acc.all_reduce(2, 'cpu') is acc and acc.num == 5 # one process: nothing to gather
 
 #----------------------------------------------------------------------------
 # Two processes over gloo: the gathered features and the shares equal a single process's.
@@ -122,11 +120,10 @@ def _worker(rank, world_size, port, result_dir, feats, gen):
     torch.distributed.init_process_group(backend='gloo', init_method='env://')
     from torch_utils import distributed as dist
     dist.init()
+    from edmguide.metrics import pipeline
     acc = pr.PRFeatures()
-    for chunk in rank_batches(len(feats), 4, world_size, rank): # uneven: ranks get 4 and 3 batches
-        if len(chunk):
-            acc.update(feats[chunk])
-    acc.all_reduce(feats.shape[1], 'cpu')
+    for chunk in pipeline.metric_chunks(len(feats), 4): # uneven: ranks get 4 and 3 chunks (one padded step)
+        pipeline.feed_step({'pr': acc}, {'pr': feats[chunk]} if len(chunk) else {}, 'cpu')
     result = pr.precision_recall(acc.features(), gen, row_block=6, col_block=10)
     torch.save({'features': acc.features(), 'result': result}, os.path.join(result_dir, f'rank{rank}.pt'))
     torch.distributed.destroy_process_group()

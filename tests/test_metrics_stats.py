@@ -16,10 +16,26 @@ def test_batched_sums_equal_numpy_mean_and_cov():
     acc = stats.FeatureStats()
     for chunk in np.array_split(feats, 5):
         acc.update(torch.from_numpy(chunk))
-    mu, sigma = acc.all_reduce(6, 'cpu').mean_and_cov()
+    mu, sigma = acc.mean_and_cov()
     assert mu.dtype == np.float64 and sigma.dtype == np.float64
     np.testing.assert_allclose(mu, feats.astype(np.float64).mean(0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(feats.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-9)
+
+def test_sums_are_the_row_by_row_float64_sums_whatever_the_batches():
+    # float32 x float32 products are exact in float64, so a sum taken row after row has exactly
+    # one rounding per addition and no other: a plain NumPy loop in the same order must agree bit
+    # for bit, and so must any other cut into batches (the property torchrun equality rests on).
+    rng = np.random.default_rng(1)
+    feats = (rng.normal(size=(23, 5)) * rng.uniform(0.01, 100, size=5) + 3).astype(np.float32)
+    want_sum, want_outer = np.zeros(5), np.zeros((5, 5))
+    for row in feats.astype(np.float64):
+        want_sum += row
+        want_outer += np.outer(row, row)
+    for cuts in ([23], [1] * 23, [7, 9, 7], [2, 21]):
+        acc = stats.FeatureStats()
+        for chunk in np.split(feats, np.cumsum(cuts)[:-1]):
+            acc.update(torch.from_numpy(chunk))
+        assert np.array_equal(acc.sum.numpy(), want_sum) and np.array_equal(acc.outer.numpy(), want_outer), cuts
 
 def test_statistics_need_two_images():
     acc = stats.FeatureStats()

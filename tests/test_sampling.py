@@ -11,9 +11,9 @@ import torch
 from edmguide.errors import UserError
 from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import EvalCounter, noise_levels, sample, sampler_sigmas
+from edmguide.sampling import EvalCounter, noise_levels, sample
 from edmguide.seeds import StackedRandomGenerator, draw_noise_and_labels
-from helpers_sampler import ToyNet, one_hot
+from helpers_sampler import schedule_of, sigmas_of, ToyNet, one_hot
 
 #----------------------------------------------------------------------------
 # Schedule: spec table (d).
@@ -32,7 +32,7 @@ def test_edm2_float32_schedule_matches_spec_table():
 
 
 def test_gi_float64_schedule_matches_spec_table():
-    t = sampler_sigmas(ToyNet(), 'gi', 32)
+    t = sigmas_of(ToyNet(), 'gi', 32)
     assert t.dtype == torch.float64
     for i, v in GI_F64.items():
         assert t[i].item() == pytest.approx(v, rel=1e-11, abs=0), i
@@ -40,10 +40,10 @@ def test_gi_float64_schedule_matches_spec_table():
 
 def test_gi_schedule_is_clamped_to_net_limits_and_rounded():
     net = ToyNet(sigma_min=0.01, sigma_max=50, round_sigma=lambda s: s.to(torch.float32).to(s.dtype))
-    t = sampler_sigmas(net, 'gi', 8)
+    t = sigmas_of(net, 'gi', 8)
     assert t[0].item() == 50 and t[7].item() == float(np.float32(0.01)) and t[8].item() == 0
     assert torch.equal(t, t.float().double())
-    assert sampler_sigmas(net, 'edm2', 8)[0].item() > 79.99  # EDM2 ignores the net's limits
+    assert sigmas_of(net, 'edm2', 8)[0].item() > 79.99  # EDM2 ignores the net's limits
 
 
 #----------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_sampler_agrees_with_plain_float64_loop_to_1e_12(mode):
     churn = dict(S_churn=2.0, S_min=0.05, S_max=10.0, S_noise=1.007)
     noise, labels = draw_noise_and_labels(StackedRandomGenerator('cpu', seeds), net)
     labels = labels.double()
-    sigmas = sampler_sigmas(net, mode, steps, dtype=torch.float64)
+    sigmas = sigmas_of(net, mode, steps, dtype=torch.float64)
     guidance = GuidanceSchedule.step_indices(w, *interval, sigmas)
     got = sample(net, noise, labels, gnet=gnet, guidance=guidance, num_steps=steps, mode=mode,
                  dtype=torch.float64, out_dtype=torch.float64,
@@ -308,5 +308,23 @@ def test_non_finite_sampler_output_is_refused_before_any_image_is_made():
             return latents.to(torch.uint8)
 
     with pytest.raises(UserError, match=r'non-finite values .* for 2 of 2 images \(first seed 3\)'):
-        next(generate_batches(NanNet(label_dim=0), Encoder(), [3, 4], num_steps=2))
+        next(generate_batches(NanNet(label_dim=0), Encoder(), [3, 4], schedule_of(ToyNet(), num_steps=2)))
     assert Encoder.decoded == 0
+
+
+def test_sampler_starts_from_t0_noise_or_the_vp_scale_by_name():
+    # The EDM2 paths keep their start (noise * t_0); init_noise='sgm' (SD-XL's generative-models
+    # sampler) starts from sqrt(1 + t_0^2) * noise, the factor taken in float64 from t_0.
+    seen = []
+
+    def denoiser(x, sigma, labels=None):
+        seen.append(x.clone())
+        return torch.zeros_like(x)
+    noise = torch.randn(1, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1)  # rho = 1: t_0 is 80 exactly
+    assert torch.equal(seen[0], noise * torch.tensor(80, dtype=torch.float32))
+    seen.clear()
+    sample(denoiser, noise, num_steps=2, sigma_max=80, rho=1, init_noise='sgm')
+    assert torch.equal(seen[0], noise * math.sqrt(1 + 80.0 ** 2))
+    with pytest.raises(UserError, match='starting noise'):
+        sample(denoiser, noise, num_steps=2, init_noise='vp')

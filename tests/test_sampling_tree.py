@@ -6,13 +6,13 @@ import torch
 
 from edmguide.errors import UserError
 from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import EvalCounter, sample, sample_tree, sampler_sigmas, step_keys, tree_evaluations
+from edmguide.sampling import EvalCounter, sample, sample_tree, step_keys, tree_evaluations
 from edmguide.seeds import StackedRandomGenerator, draw_noise_and_labels
-from helpers_sampler import ToyNet
+from helpers_sampler import schedule_of, sigmas_of, ToyNet
 
 
 def _branches(net, guide_a, guide_b, mode, num_steps):
-    sigmas = sampler_sigmas(net, mode, num_steps)
+    sigmas = sigmas_of(net, mode, num_steps)
     steps = GuidanceSchedule.step_indices
     return [
         (None, None),
@@ -37,16 +37,16 @@ def test_every_branch_is_bit_identical_to_its_own_sample_run(mode):
     for (gnet, guidance), out in zip(branches, outputs):
         expected = sample(net, noise, labels, gnet=gnet, guidance=guidance, mode=mode, num_steps=8, counter=separate)
         assert out.dtype == expected.dtype and torch.equal(out, expected)
-    made, counted_separate = tree_evaluations(step_keys(branches, sampler_sigmas(net, mode, 8)))
+    made, counted_separate = tree_evaluations(step_keys(branches, schedule_of(net, mode, 8)))
     assert counter == made and separate == counted_separate
     assert made.net < separate.net and made.gnet < separate.gnet
 
 
 def test_issue_example_needs_210_instead_of_304_evaluations_per_image():
     net, gnet = ToyNet(0), ToyNet(1, label_dim=0)
-    sigmas = sampler_sigmas(net, 'edm2', 32)
-    branches = [(gnet, GuidanceSchedule.step_indices(w, a, b, sigmas)) for w in (1.5, 2.5) for a, b in ((15, 21), (17, 22))]
-    made, separate = tree_evaluations(step_keys(branches, sigmas))
+    schedule = schedule_of(net, 'edm2', 32)
+    branches = [(gnet, GuidanceSchedule.step_indices(w, a, b, schedule.sigmas)) for w in (1.5, 2.5) for a, b in ((15, 21), (17, 22))]
+    made, separate = tree_evaluations(step_keys(branches, schedule))
     # By hand: separate runs cost 63 main + 14 guide ([15, 21]) or 12 ([17, 22]), twice each.
     assert separate.net + separate.gnet == 2 * (63 + 14) + 2 * (63 + 12) == 304
     # Tree: steps 0-14 once (30); [17, 22] pair shares 15-16 (4); [15, 21] leaves 15-31 (33 + 14 each);
@@ -60,7 +60,7 @@ def test_issue_example_needs_210_instead_of_304_evaluations_per_image():
 
 def test_churn_in_a_tree_replays_the_per_seed_generators():
     net, gnet = ToyNet(0), ToyNet(1, label_dim=0)
-    sigmas = sampler_sigmas(net, 'edm2', 6)
+    sigmas = sigmas_of(net, 'edm2', 6)
     branches = [(None, None), (gnet, GuidanceSchedule.step_indices(2.0, 1, 3, sigmas)), (gnet, 3.0)]
     churn = dict(num_steps=6, S_churn=2.0, S_min=0.05, S_max=50)
     rng = StackedRandomGenerator('cpu', [5, 6])

@@ -127,15 +127,21 @@ def test_empty_negative_prompt_is_zeros_and_prompts_differ(model):
 
 
 def test_default_interval_is_steps_10_to_25():
-    sigmas = sampling.noise_levels(**{k: v for k, v in sdxl.DEFAULTS.items()})
-    schedule = sdxl.sdxl_guidance(16)
-    assert schedule.to_step_indices(sigmas) == ((10, 25, 16.0),)
-    assert sdxl.sdxl_guidance(16, interval=(10, 25)).step_weights(sigmas) == schedule.step_weights(sigmas)
+    from edmguide.guidance import Interval
+    schedule = sdxl.default_options().schedule()
+    sigmas = sampling.noise_levels(32, 0.03, 14.61, 3)  # the paper's schedule, built independently
+    assert torch.equal(schedule.sigmas, sigmas)
+    guidance = sdxl.sdxl_guidance(schedule, 16)
+    assert guidance.to_step_indices(sigmas) == ((10, 25, 16.0),)
+    assert sdxl.sdxl_guidance(schedule, 16, Interval.of_steps(10, 25)).step_weights(sigmas) == guidance.step_weights(sigmas)
+    other = sdxl.default_options(num_steps=40).schedule()  # elsewhere the paper's range is taken literally
+    assert sdxl.sdxl_guidance(other, 16).segments == ((0.28, 5.42, 16.0),)
 
 
 def _latents(model, guidance, seeds=(0, 1), counter=None, **kw):
     cond, uncond = sdxl.encode_prompt(model, 'a red cat'), sdxl.encode_prompt(model, '', negative=True)
-    return sdxl.sample_latents(model, cond, uncond, list(seeds), guidance, counter=counter, num_steps=8, **kw)
+    schedule = sdxl.default_options(num_steps=8, **kw).schedule()
+    return sdxl.sample_latents(model, cond, uncond, list(seeds), guidance, schedule, counter=counter)
 
 
 def test_guidance_special_cases_are_bit_identical(model):
@@ -200,13 +206,13 @@ def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, ext
 
 
 def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
-    from edmguide.guidance import parse_sigma_range
-    sigmas = sampling.noise_levels(**sdxl.DEFAULTS)
-    full = sdxl.sdxl_guidance(16, sigma_range=parse_sigma_range('(0, inf]'))
-    assert full.step_weights(sigmas) == [16.0] * 32
+    from edmguide.guidance import Interval, parse_sigma_range
+    schedule = sdxl.default_options().schedule()
+    full = sdxl.sdxl_guidance(schedule, 16, Interval.of_sigma(*parse_sigma_range('(0, inf]')))
+    assert full.step_weights(schedule.sigmas) == [16.0] * 32
     made = {}
-    for name, schedule in (('cfg', full), ('gi', sdxl.sdxl_guidance(16))):
-        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), schedule)], sigmas))[0]
+    for name, guidance in (('cfg', full), ('gi', sdxl.sdxl_guidance(schedule, 16))):
+        made[name] = sampling.tree_evaluations(sampling.step_keys([(object(), guidance)], schedule))[0]
     # 31 steps x 2 + 1 for the main net; the guide on steps 10..25 only (16 steps, 2 evaluations each).
     assert (made['cfg'].net, made['cfg'].gnet, made['gi'].net, made['gi'].gnet) == (63, 63, 63, 32)
 
@@ -235,3 +241,104 @@ def test_module_imports_neither_diffusers_nor_transformers():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == '[]'
+
+
+#----------------------------------------------------------------------------
+# Starting noise (generative-models' HeunEDMSampler vs EDM), the empty negative prompt, loading quietly.
+
+def _first_input(model, monkeypatch, **kw):
+    """The state the sampler hands the main net at its first evaluation (the starting latent: no churn)."""
+    seen = []
+    original = sdxl.BoundDenoiser.__call__
+
+    def spy(self, x, sigma, labels=None):
+        if not seen:
+            seen.append(x.clone())
+        return original(self, x, sigma, labels)
+    monkeypatch.setattr(sdxl.BoundDenoiser, '__call__', spy)
+    _latents(model, None, seeds=(3, 4), **kw)
+    return seen[0]
+
+
+def _seed_noise(seeds):
+    # Per-seed noise as StackedRandomGenerator documents it: torch.randn of one image per seed, its own generator.
+    return torch.stack([torch.randn([4, 8, 8], generator=torch.Generator('cpu').manual_seed(s)) for s in seeds])
+
+
+def test_starting_latent_is_sgm_by_default_and_edm_by_name(model, monkeypatch):
+    noise = _seed_noise((3, 4)).double()
+    # sigma_0 of the 8-step schedule is 14.61 computed in float32 as (14.61^(1/3))^3: a few float32
+    # roundings (the root's, the power's) leave it within 4 ulp (4 * 2^-24 relative) of 14.61, the
+    # factor sqrt(1 + s^2) within the same, and the product with the noise adds one more rounding.
+    tol = 6 * 2.0 ** -24
+    sgm = _first_input(model, monkeypatch)
+    np.testing.assert_allclose(sgm.double().numpy(), (noise * np.sqrt(1 + 14.61 ** 2)).numpy(), rtol=tol, atol=0)
+    edm = _first_input(model, monkeypatch, init_noise='edm')
+    np.testing.assert_allclose(edm.double().numpy(), (noise * 14.61).numpy(), rtol=tol, atol=0)
+    # The two differ by sqrt(1 + 1/14.61^2) = 1.00234, far outside that tolerance.
+    assert not np.allclose(sgm.numpy(), edm.numpy(), rtol=1e-3, atol=0)
+    assert sdxl.DEFAULT_INIT_NOISE == 'sgm'
+    with pytest.raises(sdxl.UserError, match='starting noise'):
+        sdxl.default_options(init_noise='vp')
+
+
+def _diffusers_negative(model, negative_prompt):
+    """diffusers' own SD-XL pipeline encoding of the negative prompt (the independent reference),
+    on the same text encoders and tokenizers."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    pipe = StableDiffusionXLPipeline(vae=model.vae, text_encoder=model.text_encoder, text_encoder_2=model.text_encoder_2,
+                                     tokenizer=model.tokenizer, tokenizer_2=model.tokenizer_2, unet=model.denoiser.unet,
+                                     scheduler=EulerDiscreteScheduler(), force_zeros_for_empty_prompt=True)
+    with torch.no_grad():
+        _, neg, _, neg_pooled = pipe.encode_prompt('a red cat', device='cpu', num_images_per_prompt=1,
+                                                   do_classifier_free_guidance=True, negative_prompt=negative_prompt)
+    return neg, neg_pooled
+
+
+def test_empty_negative_encode_matches_diffusers_explicit_empty_prompt(model):
+    neg, neg_pooled = _diffusers_negative(model, '')
+    ours = sdxl.encode_prompt(model, '', negative=True, empty_negative='encode')
+    assert neg.abs().sum() > 0  # diffusers encodes an explicit '' (not zeros), so the comparison means something
+    torch.testing.assert_close(ours.embeds, neg.float(), rtol=0, atol=0)
+    torch.testing.assert_close(ours.pooled, neg_pooled.float(), rtol=0, atol=0)
+    # The default stays the zeros diffusers uses when no negative prompt is given.
+    none, none_pooled = _diffusers_negative(model, None)
+    default = sdxl.encode_prompt(model, '', negative=True)
+    assert torch.equal(default.embeds, none.float()) and torch.equal(default.pooled, none_pooled.float())
+    assert not default.embeds.any()
+    with pytest.raises(sdxl.UserError, match='--empty_negative'):
+        sdxl.encode_prompt(model, '', negative=True, empty_negative='blank')
+
+
+def test_cli_sdxl_noise_and_empty_negative_options(tiny_sdxl, tmp_path):
+    runs = {}
+    for name, extra in (('default', []), ('sgm', ['--sdxl_noise', 'sgm']), ('edm', ['--sdxl_noise', 'edm']),
+                        ('encode', ['--empty_negative', 'encode'])):
+        out = tmp_path / name
+        result = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--prompt', 'a cat', '--seeds', '0',
+                                               '--outdir', out, '--steps', '4', '--device', 'cpu'] + extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = (out / '000000.png').read_bytes()
+    assert runs['default'] == runs['sgm'] != runs['edm']
+    assert runs['encode'] != runs['default']
+    bad = invoke(generate_images.main, ['--sdxl', tiny_sdxl, '--prompt', 'a', '--sdxl_noise', 'vp',
+                                        '--outdir', tmp_path / 'bad'])
+    assert bad.exit_code != 0 and '--sdxl_noise' in bad.output and not (tmp_path / 'bad').exists()
+    edm2 = invoke(generate_images.main, ['--preset', 'demo', '--sdxl_noise', 'edm', '--outdir', tmp_path / 'demo'])
+    assert edm2.exit_code != 0 and '--sdxl_noise' in edm2.output
+
+
+def test_sdxl_run_prints_no_accelerate_warning(tiny_sdxl, tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, 'generate_images.py', '--sdxl', tiny_sdxl, '--prompt', 'a cat',
+                           '--seeds', '0', '--steps', '4', '--device', 'cpu', '--outdir', str(tmp_path / 'o')],
+                          capture_output=True, text=True, cwd=root, timeout=120,
+                          env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr
+    assert 'accelerate' not in proc.stderr and 'accelerate' not in proc.stdout
+    assert 'Traceback' not in proc.stderr
+    if importlib.util.find_spec('accelerate') is None:  # the case the warning came from
+        assert not sdxl._accelerate_available()

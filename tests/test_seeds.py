@@ -190,8 +190,9 @@ def test_generation_iterator_starts_on_a_billion_seeds(tiny_pickles):
     from edmguide.generation import generate_batches
     net, encoder = loading.load_network(tiny_pickles['uncond'])
     t0 = time.perf_counter()
-    batches = generate_batches(net, encoder.init('cpu') or encoder, parse_seed_list('0-999999999'), max_batch_size=2,
-                               num_steps=2)
+    from edmguide.schedule import SamplerOptions
+    batches = generate_batches(net, encoder.init('cpu') or encoder, parse_seed_list('0-999999999'),
+                               SamplerOptions(num_steps=2).schedule(net), max_batch_size=2)
     first = next(batches)
     batches.close()
     assert first.seeds == [0, 1] and first.num_batches == 500_000_000

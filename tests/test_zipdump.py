@@ -16,6 +16,7 @@ import pytest
 
 from cli_helpers import ROOT, script_env
 from edmguide.errors import UserError
+from edmguide.schedule import SamplerOptions
 
 N = 5
 NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
@@ -23,8 +24,10 @@ NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
 
 def _make(tiny_pickles, zip_dir, **kwargs):
     import generate_zip as gz
-    options = dict(zip_dir=str(zip_dir), num_images=N, batch_size=2, guidance_scale=2.0, guidance_interval=(0, 1),
-                   num_steps=2, device='cpu', progress=False)
+    from edmguide.guidance import Interval
+    from edmguide.schedule import SamplerOptions
+    options = dict(zip_dir=str(zip_dir), num_images=N, batch_size=2, guidance_scale=2.0, interval=Interval.of_steps(0, 1),
+                   sampler=SamplerOptions(num_steps=2, mode='gi'), device='cpu', progress=False)
     options.update(kwargs)
     return gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **options)
 
@@ -98,7 +101,7 @@ def test_images_without_provable_settings_are_refused_and_overwrite_starts_over(
 
 def test_a_finished_zip_of_other_settings_is_kept_unless_overwrite(tiny_pickles, tmp_path, reference, capsys):
     path = tmp_path / NAME
-    _make(tiny_pickles, tmp_path, num_steps=3)  # same name: the name does not encode the steps
+    _make(tiny_pickles, tmp_path, sampler=SamplerOptions(num_steps=3, mode='gi'))  # same name: the name does not encode the steps
     other = path.read_bytes()
     assert other != reference[0]
     with pytest.raises(UserError, match=r'finished zip made with other settings \(.*num_steps\).*--overwrite'):
@@ -202,3 +205,91 @@ def test_a_second_concurrent_run_refuses_at_once_naming_the_first(tiny_pickles, 
     finally:
         first.kill()
         first.wait()
+
+
+#----------------------------------------------------------------------------
+# Input files are recorded by content (SHA-256), not by how their path is spelled.
+
+def _pickle_copies(tiny_pickles, folder):
+    """Copies of the tiny pickles in `folder` (so that a test may replace one)."""
+    import shutil
+    folder.mkdir()
+    return {k: str(shutil.copy(tiny_pickles[k], folder / os.path.basename(tiny_pickles[k]))) for k in ('cond', 'uncond', 'bad')}
+
+
+def _make_from(pickles, zip_dir, **kwargs):
+    return _make(dict(pickles), zip_dir, **kwargs)
+
+
+def test_the_zip_records_each_network_by_path_and_sha256(tiny_pickles, tmp_path, reference):
+    import hashlib
+    with zipfile.ZipFile(io.BytesIO(reference[0])) as zf:
+        recorded = json.loads(zf.comment.decode())
+    for name, key in (('net', 'cond'), ('gnet', 'uncond')):
+        with open(tiny_pickles[key], 'rb') as f:
+            digest = hashlib.sha256(f.read()).hexdigest()  # the whole file at once: an independent reading
+        assert recorded['inputs'][name] == {'path': str(tiny_pickles[key]), 'sha256': digest}
+    assert 'net' not in recorded and 'gnet' not in recorded
+
+
+def test_a_network_replaced_at_the_same_path_is_refused_naming_it(tiny_pickles, tmp_path, reference):
+    pickles = _pickle_copies(tiny_pickles, tmp_path / 'nets')
+    first = _make_from(pickles, tmp_path / 'first')  # finished zip with these files
+    assert first['generated'] == N
+    with zipfile.ZipFile(first['path']) as zf:
+        settings = json.dumps(json.loads(zf.comment.decode()), indent=1, sort_keys=True)
+    parts = tmp_path / 'cut' / (NAME + '.parts')  # a run of the same files cut off after two images
+    parts.mkdir(parents=True)
+    with zipfile.ZipFile(first['path']) as zf:
+        for k in range(2):
+            (parts / f'{k:06d}.png').write_bytes(zf.read(f'{k:06d}.png'))
+    (parts / 'settings.json').write_text(settings)
+    from conftest import make_tiny_net, save_network_pickle
+    save_network_pickle(pickles['uncond'], make_tiny_net(0, 7))  # retrained in place: same kind, other weights
+    with pytest.raises(UserError, match=r'different gnet file \(.*tiny-uncond.pkl: its content, SHA-256, differs\)') as info:
+        _make_from(pickles, tmp_path / 'cut')
+    assert '\n' not in str(info.value)
+    assert sorted(os.listdir(parts)) == ['000000.png', '000001.png', 'lock', 'settings.json']  # nothing mixed
+    with pytest.raises(UserError, match=r'finished zip made with a different gnet file'):
+        _make_from(pickles, tmp_path / 'first')  # the finished zip is not replaced either
+
+
+def test_the_same_network_under_another_spelling_of_its_path_resumes(tiny_pickles, tmp_path, reference, monkeypatch):
+    pickles = _pickle_copies(tiny_pickles, tmp_path / 'nets')
+    parts = _work_folder(tmp_path / 'cut', reference, entries=range(2))
+    recorded = json.loads(reference[2])  # made with the fixture's paths; here the copies are used
+    for name, key in (('net', 'cond'), ('gnet', 'uncond')):
+        recorded['inputs'][name]['path'] = pickles[key]
+    (parts / 'settings.json').write_text(json.dumps(recorded))
+    os.symlink(tmp_path / 'nets', tmp_path / 'link')
+    monkeypatch.chdir(tmp_path)
+    spelled = {'cond': os.path.join('link', 'tiny-cond.pkl'), 'uncond': os.path.join('.', 'nets', 'tiny-uncond.pkl')}
+    stats = _make_from(spelled, tmp_path / 'cut')  # relative, through a symlink: the same bytes
+    assert (stats['generated'], stats['skipped']) == (N - 2, 2)
+    with zipfile.ZipFile(tmp_path / 'cut' / NAME) as zf:
+        assert [zf.read(i) for i in zf.infolist()] == [e for _, e in sorted(reference[1].items())]
+    assert _make_from(pickles, tmp_path / 'cut')['generated'] == 0  # finished: absolute paths, nothing to do
+
+
+def test_a_finished_zip_of_an_older_version_is_kept_with_a_note(tiny_pickles, tmp_path, reference, capsys):
+    """Older versions recorded the paths ('net', 'gnet') but no digests: the zip cannot be proven, but
+    nothing can be mixed into a finished zip, so it is kept (a note says so); --overwrite remakes it."""
+    recorded = json.loads(reference[2])
+    legacy = {k: v for k, v in recorded.items() if k != 'inputs'}
+    legacy.update(net=recorded['inputs']['net']['path'], gnet=recorded['inputs']['gnet']['path'])
+    path = tmp_path / NAME
+    path.write_bytes(reference[0])
+    with zipfile.ZipFile(path, 'a') as zf:
+        zf.comment = json.dumps(legacy, sort_keys=True).encode()
+    old = path.read_bytes()
+    capsys.readouterr()
+    assert _make(tiny_pickles, tmp_path)['generated'] == 0 and path.read_bytes() == old
+    out = capsys.readouterr().out
+    assert 'older version' in out and 'already complete' in out
+    _work_folder(tmp_path, reference, entries=range(2), settings=False)
+    (tmp_path / (NAME + '.parts') / 'settings.json').write_text(json.dumps(legacy))  # unfinished, older version
+    path.unlink()
+    with pytest.raises(UserError, match='older version of this program.*--overwrite'):
+        _make(tiny_pickles, tmp_path)
+    assert _make(tiny_pickles, tmp_path, overwrite=True)['generated'] == N
+    assert path.read_bytes() == reference[0]

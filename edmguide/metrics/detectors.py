@@ -178,11 +178,10 @@ def check_metric_names(names):
     return list(names)
 
 def parse_metric_list(text):
-    """'fid,fd_dinov2' -> ['fid', 'fd_dinov2'] (comma split, blanks dropped, names checked)."""
-    names = [name.strip() for name in str(text).split(',') if name.strip()]
-    if not names:
-        raise UserError('no metric given')
-    return check_metric_names(names)
+    """'fid,fd_dinov2' -> ['fid', 'fd_dinov2']: `kinds.metric_list` (blanks dropped, duplicates
+    collapsed, names checked)."""
+    from edmguide.metrics import kinds  # kinds imports this module
+    return kinds.metric_list(text)
 
 def get_detector(name, **kwargs):
     """The detector of metric `name`, built once per (name, kwargs) and then reused."""

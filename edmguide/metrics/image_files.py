@@ -7,6 +7,7 @@ Problems with the files are UserErrors naming the set and the entry.
 """
 
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -34,7 +35,14 @@ def _decode(data_file, name):
             raise ValueError(f'array of shape {image.shape} is not an image')
         image = image.reshape(-1, *image.shape[-2:])
     else:
-        with PIL.Image.open(data_file) as pil:
+        # PIL warns (several lines on stderr) about images beyond MAX_IMAGE_PIXELS and refuses
+        # those beyond twice that; the warning is dropped here, so that what such an image leads
+        # to (decoded, or refused with one line naming it) is all the user sees.
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            pil = PIL.Image.open(data_file)
+            pil.load()
+        with pil:
             if pil.mode in ('P', 'PA'):
                 pil = pil.convert('RGBA' if pil.mode == 'PA' or 'transparency' in pil.info else 'RGB')
             elif pil.mode == '1':

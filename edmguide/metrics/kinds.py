@@ -8,8 +8,10 @@ Every registered metric (see `detectors.register_metric(..., kind=...)`) has one
 | 'pr' | `precision_recall.PRFeatures` (float16 features) | {'features': float16 [N, D]} | {'precision': p, 'recall': r} |
 
 The pipeline never branches on the kind: it asks `get_kind(metric)` for these pieces. An
-accumulator has `update(features)`, `all_reduce(dim, device)`, `state_dict()`, `load_state_dict()`
-and `reference_entry()`; `results(name, acc, entry, device=...)` returns a dict of named floats.
+accumulator has `update(features)` (rows in seed order, see `pipeline.gather_step`), `state_dict()`,
+`load_state_dict()` and `reference_entry()`; `results(name, acc, entry, device=...)` returns a dict of named floats.
+`appends`: the accumulator's state grows with the images (`state_dict(first_batch)` gives the part
+from a batch on, so a checkpoint writes only what is new); otherwise it has a fixed size.
 """
 
 import numpy as np
@@ -67,13 +69,32 @@ def _pr_results(name, acc, entry, *, path='reference', device=None):
 #----------------------------------------------------------------------------
 
 KINDS = {
-    'frechet': dnnlib.EasyDict(accumulator=stats_lib.FeatureStats, has_entry=_frechet_has_entry, dim=_frechet_dim,
+    'frechet': dnnlib.EasyDict(accumulator=stats_lib.FeatureStats, appends=False, has_entry=_frechet_has_entry, dim=_frechet_dim,
                                entry=_frechet_entry, results=_frechet_results, max_ref_images=None,
                                entry_help='mean/covariance statistics'),
-    'pr': dnnlib.EasyDict(accumulator=precision_recall.PRFeatures, has_entry=_pr_has_entry, dim=_pr_dim,
+    'pr': dnnlib.EasyDict(accumulator=precision_recall.PRFeatures, appends=True, has_entry=_pr_has_entry, dim=_pr_dim,
                           entry=_pr_entry, results=_pr_results, max_ref_images=precision_recall.MAX_REAL,
                           entry_help='reference features'),
 }
+
+def metric_list(metrics):
+    """The metrics a user named, as a list: `metrics` is a comma-separated string ('fid, fd_dinov2')
+    or a sequence of names (each may hold commas too). Spaces around names and empty items are
+    dropped, and a name given twice counts once (first place kept): measuring a metric twice would
+    count every feature twice. Unknown names are a UserError, as is an empty list.
+
+    The one parser of metric lists: calc, gen, ref, sweep and the guidance-interval form use it.
+    """
+    items = [metrics] if isinstance(metrics, str) else list(metrics)
+    names = []
+    for item in items:
+        for name in str(item).split(','):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    if not names:
+        raise UserError('no metric given')
+    return detectors.check_metric_names(names)
 
 def get_kind(name):
     """The kind (EasyDict of the pieces above) of registered metric `name`."""

@@ -18,10 +18,12 @@ import torch
 from edmguide import generation, loading, seeds as seedlib
 from edmguide.errors import UserError, with_path
 from edmguide.generation import pick_device
+from edmguide.guidance import check_weight
 from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_lib
 from edmguide.metrics.image_files import ImageFiles, collate_images
-from edmguide.outputs import check_output_dir, check_output_file
+from edmguide.outputs import check_output_dir, check_output_file, check_replaceable
 from edmguide.progress import progress_bar
+from edmguide.schedule import SamplerOptions
 from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')
@@ -68,55 +70,127 @@ def build_detectors(metrics, detector_kwargs=None):
 DEMO_METRIC_HINT = ("for the embedded demo's digits, which need no download, use --metrics=fd_digits "
                     "(--metric=fd_digits in the guidance-interval form)")
 
-def compute_accumulators(batches, metrics, *, device=None, detector_kwargs=None, dets=None,
-                         expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
-    """Each metric's accumulator over uint8 NCHW image batches, combined over all ranks.
+def metric_chunks(num_images, max_batch_size, world_size=None, rank=None):
+    """This rank's image index chunks for a metric pass: fixed chunks of `max_batch_size`
+    consecutive indices (`seeds.fixed_chunks`), dealt round-robin (`seeds.deal_chunks`: rank r
+    takes chunks r, r+W, ..., padded with empty chunks at the end). A chunk's images, its batch
+    shape and so its features do not depend on the number of processes, and rank r's step-s chunk
+    is chunk s*W + r, which `gather_step` relies on to restore seed order."""
+    world_size = dist.get_world_size() if world_size is None else world_size
+    rank = dist.get_rank() if rank is None else rank
+    return seedlib.deal_chunks(seedlib.fixed_chunks(num_images, max_batch_size), world_size, rank)
 
-    `batches` yields tensors (or `(tensor, error_message)` pairs from `iter_image_file_batches`).
+def metric_step_images(num_images, max_batch_size):
+    """Images that all ranks together measure at each step of `metric_chunks` (for progress bars)."""
+    world_size = dist.get_world_size()
+    return seedlib.images_per_step([metric_chunks(num_images, max_batch_size, world_size, r)
+                                    for r in range(world_size)])
+
+def gather_step(features, keys, device, failure=None):
+    """Every rank's features of one step, in rank order: a list of {key: float32 [n, D]} dicts.
+
+    `features`: this rank's {key: [n, D]} for the step (empty when its chunk is empty). Since rank
+    r's step-s chunk is chunk s*W + r (`metric_chunks`), updating accumulators with the returned
+    dicts one after another gives them the rows in seed order, as in a single process. A rank that
+    failed passes `failure` (its one-line message) instead; then every rank raises the lowest
+    failing rank's message (`raise_on_every_rank`), so no rank waits in a collective forever.
+    """
+    feats = {k: v.detach().reshape(v.shape[0], -1).to(torch.float32) for k, v in features.items()}
+    world_size = dist.get_world_size()
+    if world_size == 1:
+        if failure is not None:
+            raise UserError(failure)
+        return [feats]
+    shapes = [tuple(feats[k].shape) if k in feats else (0, 0) for k in keys]
+    header = torch.tensor([int(failure is not None)] + [x for shape in shapes for x in shape],
+                          dtype=torch.int64, device=device)
+    headers = [torch.zeros_like(header) for _ in range(world_size)]
+    torch.distributed.all_gather(headers, header)
+    headers = [h.tolist() for h in headers]
+    if any(h[0] for h in headers):
+        raise_on_every_rank(failure, device)
+    per_rank = [{} for _ in range(world_size)]
+    for i, key in enumerate(keys):
+        rows = [h[1 + 2 * i] for h in headers]
+        dim = max(h[2 + 2 * i] for h in headers)
+        if max(rows) == 0:
+            continue
+        padded = torch.zeros([max(rows), dim], dtype=torch.float32, device=device)
+        if rows[dist.get_rank()]:
+            padded[:rows[dist.get_rank()]] = feats[key].to(device)
+        gathered = [torch.zeros_like(padded) for _ in range(world_size)]
+        torch.distributed.all_gather(gathered, padded)
+        for r in range(world_size):
+            if rows[r]:
+                per_rank[r][key] = gathered[r][:rows[r]]
+    return per_rank
+
+def feed_step(accumulators, features, device, failure=None):
+    """`gather_step` of this rank's {key: features}, then every accumulator {key: acc} updated with
+    all ranks' rows in seed order. Returns the number of images of the step (all ranks)."""
+    keys = list(accumulators)
+    total = 0
+    for feats in gather_step(features, keys, device, failure):
+        for key, rows in feats.items():
+            accumulators[key].update(rows)
+        total += max((rows.shape[0] for rows in feats.values()), default=0)
+    return total
+
+def measure_features(images, metrics, dets, expected_dims, source='images'):
+    """{metric: features [N, D]} of one uint8 NCHW batch, each checked against the reference's
+    dimension (`expected_dims`, where known)."""
+    images = to_rgb(images, source)
+    out = {}
+    for name in metrics:
+        features = dets[name](images).reshape(images.shape[0], -1)
+        dim = expected_dims.get(name)
+        if dim is not None and features.shape[1] != dim:
+            raise UserError(f'the {name} detector gives {features.shape[1]} features, '
+                            f'but the reference has {dim}')
+        out[name] = features
+    return out
+
+def compute_accumulators(batches, metrics, *, num_steps, device=None, detector_kwargs=None, dets=None,
+                         expected_dims=None, total_images=None, step_images=None, source='images', progress=True):
+    """Each metric's accumulator over uint8 NCHW image batches of all ranks, in seed order.
+
+    `batches` yields this rank's batches of its `metric_chunks` (tensors, or `(tensor,
+    error_message)` pairs from `iter_image_file_batches`), skipping empty chunks; `num_steps` is
+    the length of its `metric_chunks` (the same on every rank). Every rank ends with the same
+    accumulators, equal bit for bit to a single process's (`gather_step`, `FeatureStats`).
     `expected_dims` {metric: D} (the reference's) is checked on the first batch, so a detector
     that does not match the reference fails at once rather than after the whole pass.
-    The progress bar counts images: `total_images` (all ranks) is its total and `step_images[i]` the
-    images all ranks together measure at batch i (default: this rank's batch).
+    The progress bar counts images: `total_images` (all ranks) is its total and `step_images[i]`
+    the images all ranks together measure at step i (default: those gathered).
     Returns ({metric: accumulator}, number of images).
     """
     device = pick_device(device, note=False)
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
     expected_dims = expected_dims or {}
     accumulators = {name: kinds.get_kind(name).accumulator() for name in metrics}
-    dims = dict(expected_dims)
     rank = dist.get_rank()
-    failure = None
+    failure, step, num_images = None, 0, 0
     # A bar on a terminal, periodic lines with ETA in logs; leave=False + the context manager
     # clear the bar on errors too, so an error message starts on a clean line. Counts images.
     with progress_bar(total=total_images, unit='img', desc='Computing features', leave=False,
                       disable=not progress or rank != 0) as bar, torch.no_grad():
-        try:
-            for step, batch in enumerate(batches):
+        batches = iter(batches)
+        while step < num_steps:
+            features = {}
+            try:
+                batch = next(batches, None)
                 if isinstance(batch, tuple):
                     batch, error = batch
                     if error:
                         raise UserError(error)
-                images = to_rgb(batch.to(device), source)
-                for name in metrics:
-                    features = dets[name](images).reshape(images.shape[0], -1)
-                    dim = expected_dims.get(name)
-                    if dim is not None and features.shape[1] != dim:
-                        raise UserError(f'the {name} detector gives {features.shape[1]} features, '
-                                        f'but the reference has {dim}')
-                    accumulators[name].update(features)
-                    dims[name] = features.shape[1]
-                bar.update(step_images[step] if step_images and step < len(step_images) else images.shape[0])
-        except UserError as exc:
-            failure = str(exc)
-    raise_on_every_rank(failure, device)
-    num_images = 0
-    for name in metrics:
-        dim = dims.get(name, 0)
-        if dist.get_world_size() > 1:  # a rank that saw no images learns the dimension from the others
-            dim_t = torch.tensor([dim], dtype=torch.int64, device=device)
-            torch.distributed.all_reduce(dim_t, op=torch.distributed.ReduceOp.MAX)
-            dim = int(dim_t)
-        num_images = accumulators[name].all_reduce(dim, device).num
+                if batch is not None:
+                    features = measure_features(batch.to(device), metrics, dets, expected_dims, source)
+            except UserError as exc:
+                failure = str(exc)
+            made = feed_step(accumulators, features, device, failure)
+            num_images += made
+            bar.update(step_images[step] if step_images and step < len(step_images) else made)
+            step += 1
     return accumulators, num_images
 
 def reference_entries(accumulators, num_images):
@@ -150,17 +224,15 @@ def raise_on_every_rank(failure, device):
     if failure is not None:
         raise UserError(failure)
 
-def _nonempty_chunks(num, max_batch_size, world_size, rank):
-    return [c for c in seedlib.rank_batches(num, max_batch_size, world_size, rank) if len(c)]
-
 def iter_image_file_batches(dataset, max_batch_size=64, num_workers=2, rank=0, world_size=1):
-    """DataLoader over this rank's chunks of an ImageFiles set (split as seeds are split for
-    generation); yields (uint8 NCHW, error) pairs. Returns (loader, number of batches)."""
-    chunks = _nonempty_chunks(len(dataset), max_batch_size, world_size, rank)
+    """DataLoader over this rank's non-empty `metric_chunks` of an ImageFiles set; yields (uint8
+    NCHW, error) pairs. Returns (loader, number of steps including empty trailing chunks)."""
+    dealt = metric_chunks(len(dataset), max_batch_size, world_size, rank)
+    chunks = [c for c in dealt if len(c)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers,
                                          collate_fn=collate_images,
                                          prefetch_factor=(2 if num_workers > 0 else None))
-    return loader, len(chunks)
+    return loader, len(dealt)
 
 def compute_accumulators_for_images(image_path, metrics, *, max_size=None, seed=0, max_batch_size=64,
                                     num_workers=2, device=None, detector_kwargs=None, dets=None,
@@ -169,17 +241,18 @@ def compute_accumulators_for_images(image_path, metrics, *, max_size=None, seed=
     returns ({metric: accumulator}, number of images)."""
     dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
     if max_size is not None and dataset.num_found < max_size:
+        if dataset.num_found < min_images:  # no --num would do: say what the set lacks
+            raise UserError(f'{image_path}: Found {dataset.num_found} images, but need at least {min_images}')
         raise UserError(f'{image_path}: Found {dataset.num_found} images, but expected at least {max_size}; '
                         f'use --num={dataset.num_found} (or fewer) to measure them')
     if len(dataset) < min_images:
         raise UserError(f'{image_path}: Found {len(dataset)} images, but need at least {min_images}')
     dets = dets if dets is not None else build_detectors(metrics, detector_kwargs)
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    loader, _num_batches = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
-    step_images = seedlib.images_per_step([_nonempty_chunks(len(dataset), max_batch_size, world_size, r)
-                                           for r in range(world_size)])
-    return compute_accumulators(loader, metrics, device=device, dets=dets, expected_dims=expected_dims,
-                                total_images=len(dataset), step_images=step_images, source=image_path,
+    loader, num_steps = iter_image_file_batches(dataset, max_batch_size, num_workers, rank, world_size)
+    return compute_accumulators(loader, metrics, num_steps=num_steps, device=device, dets=dets,
+                                expected_dims=expected_dims, total_images=len(dataset),
+                                step_images=metric_step_images(len(dataset), max_batch_size), source=image_path,
                                 progress=progress)
 
 def compute_stats_for_images(image_path, metrics, **kwargs):
@@ -194,9 +267,20 @@ def has_reference_entry(ref, name):
     """Whether `ref` holds what metric `name` needs (statistics or features, by the metric's kind)."""
     return name in ref and name != 'num_images' and kinds.get_kind(name).has_entry(ref[name])
 
+def describe_reference(ref):
+    """What a reference holds, entry by entry, for messages: 'fd_digits (mu/sigma), pr_digits (features)'."""
+    def what(entry):
+        if isinstance(entry, dict) and 'mu' in entry and 'sigma' in entry:
+            return 'mu/sigma'
+        if isinstance(entry, dict) and 'features' in entry:
+            return 'features'
+        return 'no statistics'
+    described = [f'{name} ({what(ref[name])})' for name in stats_lib.reference_metrics(ref)]
+    return ', '.join(described) or 'nothing'
+
 def missing_reference_message(ref, name, ref_path):
     """The one line for a metric the reference cannot serve; for features, how to make them."""
-    have = ", ".join(stats_lib.reference_metrics(ref)) or "none"
+    have = describe_reference(ref)
     if detectors.metric_kind(name) == 'pr':
         return (f'{ref_path}: no reference features for metric "{name}" (it has: {have}); make a reference '
                 f'with them: python calculate_metrics.py ref --data=DATASET --dest=REF.pkl --metrics={name}')
@@ -221,9 +305,9 @@ def resolve_metrics(requested, ref, ref_path):
                   if name in available and detectors.metric_kind(name) == 'frechet']
         if not chosen:
             raise UserError(f'{ref_path}: no statistics for any of {", ".join(DEFAULT_METRICS)} '
-                            f'(it has: {", ".join(available) or "none"})')
+                            f'(it has: {describe_reference(ref)})')
         return chosen
-    detectors.check_metric_names(requested)
+    requested = kinds.metric_list(requested)
     for name in requested:
         if not has_reference_entry(ref, name):
             raise UserError(missing_reference_message(ref, name, ref_path))
@@ -292,15 +376,19 @@ def calc_metrics_for_images(image_path, ref_path, metrics=None, *, num_images=50
     return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
 def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_size=64,
-                   num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL):
+                   num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL,
+                   overwrite=False):
     """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes).
+
+    An existing `dest_path` is replaced only with `overwrite`, and never when it is the image set itself.
 
     Precision/recall metrics store their features instead, of at most `max_pr_images` images (a
     subset drawn with `seed` as `calc` draws one); if the set is larger, they get a pass of their own.
     """
-    metrics = detectors.check_metric_names(metrics)
+    metrics = kinds.metric_list(metrics)
     device = pick_device(device, note=False)
     check_output_file(dest_path, '--dest')  # before the feature pass, not after it
+    check_replaceable(dest_path, '--dest', overwrite=overwrite, inputs={'--data': image_path})
     num_found = ImageFiles(image_path).num_found
     limited = [name for name in metrics if kinds.get_kind(name).max_ref_images is not None
                and max_pr_images is not None and num_found > max_pr_images]
@@ -317,29 +405,31 @@ def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_
         stats_lib.save_stats(out, dest_path)
     return out
 
-def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, ref=None,
+def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, num_steps, ref=None,
                                device=None, dets=None, progress=True, step_images=None):
-    """EDM2 `gen`: metrics of images coming from a generation iterator (EasyDicts with `.images`)."""
+    """EDM2 `gen`: metrics of images coming from a generation iterator (EasyDicts with `.images`)
+    that makes this rank's `metric_chunks` (`num_steps` of them, see `compute_accumulators`)."""
     ref = ref if ref is not None else stats_lib.load_reference(ref_path)
     metrics = resolve_metrics(metrics, ref, ref_path)
     dims = reference_dims(ref, metrics, ref_path)
     dets = dets if dets is not None else build_detectors(metrics)
     images = (batch.images for batch in batches)
-    accs, num = compute_accumulators(images, metrics, device=device, dets=dets, expected_dims=dims,
-                                     total_images=num_images, step_images=step_images,
+    accs, num = compute_accumulators(images, metrics, num_steps=num_steps, device=device, dets=dets,
+                                     expected_dims=dims, total_images=num_images, step_images=step_images,
                                      source='generated images', progress=progress)
     if num != num_images:
         raise UserError(f'generated {num} images, expected {num_images}')
     return results_to_reference(accs, ref, metrics, ref_path, device=pick_device(device, note=False))
 
-def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None,
-                             guidance_interval=None, guidance_sigma=None, num_images=50000, seed=0,
-                             max_batch_size=32, class_idx=None, mode='edm2', device=None,
-                             progress=True, **sampler_kwargs):
+def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None, interval=None,
+                             sampler=None, num_images=50000, seed=0, max_batch_size=32, class_idx=None,
+                             device=None, progress=True):
     """EDM2 `gen` (extended with guidance intervals): sample seeds seed..seed+num-1 and measure the
-    images as they come, never writing them. `guidance_interval` = (start, stop) step indices,
-    `guidance_sigma` = (lo, hi] noise range; at most one of them.
+    images as they come, never writing them. `guidance` is the weight, `interval` a
+    `guidance.Interval` (None: every step), `sampler` the `SamplerOptions` (None: defaults).
     """
+    if guidance is not None:
+        check_weight(guidance)  # with the other options, before any work
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path) # fail early, before loading networks
     metrics = resolve_metrics(metrics, ref, ref_path)
@@ -349,17 +439,23 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
     net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
-    schedule = generation.build_guidance(guidance, guidance_interval, guidance_sigma, net=net,
-                                         mode=mode, device=device, **sampler_kwargs)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    batches = generation.generate_batches(net, encoder, range(seed, seed + num_images), gnet=gnet,
-                                          guidance=schedule, class_idx=class_idx,
-                                          max_batch_size=max_batch_size, device=device, rank=rank,
-                                          world_size=world_size, mode=mode, **sampler_kwargs)
-    step_images = seedlib.images_per_step([_nonempty_chunks(num_images, max_batch_size, world_size, r)
-                                           for r in range(world_size)])
-    return calc_metrics_for_generator(batches, num_images, ref_path, metrics, ref=ref, device=device,
-                                      dets=dets, progress=progress, step_images=step_images)
+    schedule = (sampler or SamplerOptions()).schedule(net, device=device)
+    weights = generation.resolve_guidance(schedule, guidance, interval)
+    chunks = metric_chunks(num_images, max_batch_size)
+    batches = generation.generate_batches(net, encoder, range(seed, seed + num_images), schedule, gnet=gnet,
+                                          guidance=weights, class_idx=class_idx, batches=chunks,
+                                          sync=False, device=device)
+    return calc_metrics_for_generator(batches, num_images, ref_path, metrics, num_steps=len(chunks), ref=ref,
+                                      device=device, dets=dets, progress=progress,
+                                      step_images=metric_step_images(num_images, max_batch_size))
+
+def single_metric(metric):
+    """The guidance-interval form's single --metric, read by `kinds.metric_list` like every list."""
+    names = kinds.metric_list(metric)
+    if len(names) != 1:
+        raise UserError(f'--metric={metric}: the guidance-interval form computes one metric; '
+                        f'for several use: calculate_metrics.py calc --metrics={",".join(names)}')
+    return names[0]
 
 def gi_result_name(gen_zip):
     """The 'gen_zip' field of guidance-interval's jsonl: basename cut at the first '.zip'."""
@@ -379,7 +475,7 @@ def gi_calculate_metric(gen_zip, ref_path, metric='fid', results_dir='./results'
     pipeline for square images). Statistics are float64 throughout; upstream's float32 mean differs
     from it only by float32 round-off.
     """
-    detectors.check_metric_names([metric])
+    metric = single_metric(metric)
     check_output_dir(results_dir, '--results_dir')
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path)

@@ -113,21 +113,22 @@ def precision_recall(real, gen, k=NHOOD_SIZE, row_block=ROW_BLOCK, col_block=COL
 # Accumulator: the features themselves (the metric needs every pair, not summary statistics).
 
 class PRFeatures:
-    """Collects float16 features batch by batch; `all_reduce` gathers every rank's features.
+    """Collects float16 features batch by batch, in the order they are given.
 
-    Batches are assumed dealt to ranks round-robin (rank r makes batches r, r+W, ...), as
-    `seeds.rank_batches`/`deal_chunks` do for generation and image files; after the gather the
-    batches are put back in that global order, so every rank holds the features a single process
-    would have, in the same order.
+    Under torchrun the pipeline gives every rank the rows of all ranks in seed order
+    (`pipeline.gather_step`), so every rank holds the features a single process would have.
     """
 
     def __init__(self):
-        self.batches = [] # float16 tensors [n, D] of this rank, in update order
-        self.gathered = False
+        self.batches = [] # float16 tensors [n, D], in update order
 
     @property
     def num(self):
         return sum(batch.shape[0] for batch in self.batches)
+
+    @property
+    def num_batches(self):
+        return len(self.batches)
 
     @property
     def dim(self):
@@ -144,43 +145,20 @@ class PRFeatures:
         """All features as one float16 tensor [N, D]."""
         return torch.cat(self.batches) if self.batches else torch.zeros([0, 0], dtype=torch.float16)
 
-    def all_reduce(self, dim, device):
-        """Gather the batches of all ranks (in rank order, then back into round-robin batch order)."""
-        world_size = dist.get_world_size()
-        if world_size == 1 or self.gathered:
-            self.gathered = True
-            return self
-        mine = [batch.to(device) for batch in self.batches]
-        sizes = torch.tensor([len(mine)] + [b.shape[0] for b in mine], dtype=torch.int64, device=device)
-        counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size)]
-        torch.distributed.all_gather(counts, sizes[:1].clone())
-        max_batches = int(max(c.item() for c in counts))
-        padded_sizes = torch.zeros(max_batches + 1, dtype=torch.int64, device=device)
-        padded_sizes[:len(sizes)] = sizes
-        all_sizes = [torch.zeros_like(padded_sizes) for _ in range(world_size)]
-        torch.distributed.all_gather(all_sizes, padded_sizes)
-        all_sizes = [s[1:1 + int(s[0])].tolist() for s in all_sizes]
-        totals = [sum(s) for s in all_sizes]
-        flat = torch.zeros([max(totals), dim], dtype=torch.float16, device=device)
-        if mine:
-            flat[:totals[dist.get_rank()]] = torch.cat(mine)
-        gathered = [torch.zeros_like(flat) for _ in range(world_size)]
-        torch.distributed.all_gather(gathered, flat)
-        per_rank = [list(g[:total].split(s)) if s else [] for g, total, s in zip(gathered, totals, all_sizes)]
-        self.batches = [per_rank[r][i] for i in range(max_batches) for r in range(world_size) if i < len(per_rank[r])]
-        self.gathered = True
-        return self
+    def state_dict(self, first_batch=0):
+        """{'features': float16 numpy [N, D], 'sizes': int64 numpy of batch sizes} (for checkpoints)
+        of the batches from `first_batch` on: a checkpoint can append only what is new."""
+        batches = self.batches[first_batch:]
+        features = torch.cat(batches) if batches else torch.zeros([0, 0], dtype=torch.float16)
+        return {'features': features.cpu().numpy(),
+                'sizes': np.array([b.shape[0] for b in batches], dtype=np.int64)}
 
-    def state_dict(self):
-        """{'features': float16 numpy [N, D], 'sizes': int64 numpy of batch sizes} (for checkpoints)."""
-        return {'features': self.features().cpu().numpy(),
-                'sizes': np.array([b.shape[0] for b in self.batches], dtype=np.int64)}
-
-    def load_state_dict(self, state):
-        features = torch.from_numpy(np.asarray(state['features'], dtype=np.float16))
+    def load_state_dict(self, state, device=None):
+        """Continue from `state_dict()`'s features, put on `device` (where the next batches will come
+        from: features of one accumulator must share a device to be concatenated)."""
+        features = torch.from_numpy(np.asarray(state['features'], dtype=np.float16)).to(device or 'cpu')
         sizes = [int(s) for s in np.asarray(state['sizes'])]
         self.batches = list(features.split(sizes)) if sizes else []
-        self.gathered = False
 
     def reference_entry(self):
         """What a reference file stores for this metric: {'features': float16 numpy [N, D]}."""

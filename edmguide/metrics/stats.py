@@ -1,8 +1,8 @@
 """Feature statistics (mean, covariance) and the reference files that hold them.
 
 Sums are kept in float64: with 50k images of 2048 features, float32 sums of f^T f lose several
-digits of the covariance, which FID then amplifies. Partial sums from several processes are added
-with an all-reduce, so the result does not depend on how images were split across ranks.
+digits of the covariance, which FID then amplifies. They are added image by image in seed order
+(see `FeatureStats`), so the result does not depend on batches, ranks or the BLAS library.
 File format (as upstream EDM2): a pickle of `{'num_images': n, '<metric>': {'mu', 'sigma'}}`, or an
 EDM v1 `.npz` with arrays 'mu' and 'sigma' (FID only). A destination ending in `.npz` gets the same
 dict flattened into NumPy arrays without pickle: `num_images` and `<metric>.<field>` for every
@@ -23,13 +23,21 @@ import dnnlib
 from edmguide.errors import UserError
 from edmguide.images import atomic_write
 from edmguide.loading import load_pickle
-from torch_utils import distributed as dist
 
 #----------------------------------------------------------------------------
 # Accumulating statistics.
 
 class FeatureStats:
-    """Running float64 sums of features and their outer products for one metric."""
+    """Running float64 sums of features and their outer products for one metric.
+
+    The sums depend only on the sequence of feature rows, not on how it was cut into batches:
+    features are taken as float32 (what every detector gives), so each product of two of them is
+    exact in float64, and rows are added one after another (`addr_`, one exact product and one
+    rounded addition per element, the same on any CPU or GPU, with or without FMA, for any thread
+    count). A batched `f.T @ f` would leave the order of additions to the BLAS library. With the
+    pipeline feeding every rank's rows in seed order (`pipeline.gather_step`), the statistics of a
+    torchrun job equal those of one process bit for bit.
+    """
 
     def __init__(self):
         self.num = 0
@@ -37,8 +45,8 @@ class FeatureStats:
         self.outer = None
 
     def update(self, features):
-        """Add a batch of features [N, D] (any float dtype, any device)."""
-        f = features.detach().reshape(features.shape[0], -1).to(torch.float64)
+        """Add a batch of features [N, D] (any float dtype, any device; rounded to float32)."""
+        f = features.detach().reshape(features.shape[0], -1).to(torch.float32).to(torch.float64)
         if self.sum is not None and self.sum.device != f.device:  # e.g. sums loaded from a checkpoint
             self.sum, self.outer = self.sum.to(f.device), self.outer.to(f.device)
         if self.sum is None:
@@ -46,20 +54,10 @@ class FeatureStats:
             self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64, device=f.device)
         elif f.shape[1] != self.sum.shape[0]:
             raise ValueError(f'feature dimension changed from {self.sum.shape[0]} to {f.shape[1]}')
-        self.sum += f.sum(0)
-        self.outer += f.T @ f
+        for row in f:
+            self.sum.add_(row)
+            self.outer.addr_(row, row)
         self.num += f.shape[0]
-
-    def all_reduce(self, dim, device):
-        """Combine the sums of all ranks; ranks that saw no images contribute zeros of size `dim`."""
-        if self.sum is None:
-            self.sum = torch.zeros(dim, dtype=torch.float64, device=device)
-            self.outer = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-        num = torch.tensor([self.num], dtype=torch.float64, device=self.sum.device)
-        for tensor in (self.sum, self.outer, num):
-            dist.all_reduce_sum(tensor)
-        self.num = int(num.item())
-        return self
 
     def state_dict(self):
         """The running sums as numpy arrays (float64) and the image count, e.g. for a checkpoint."""
@@ -67,11 +65,12 @@ class FeatureStats:
             return {'num': self.num}
         return {'num': self.num, 'sum': self.sum.cpu().numpy(), 'outer': self.outer.cpu().numpy()}
 
-    def load_state_dict(self, state):
-        """Continue from `state_dict()`'s sums (kept on the CPU until the next `update` moves them)."""
+    def load_state_dict(self, state, device=None):
+        """Continue from `state_dict()`'s sums, put on `device` (default: the CPU, until the next
+        `update` moves them to the features' device)."""
         self.num = int(state['num'])
-        self.sum = torch.as_tensor(state['sum'], dtype=torch.float64) if 'sum' in state else None
-        self.outer = torch.as_tensor(state['outer'], dtype=torch.float64) if 'sum' in state else None
+        self.sum = torch.as_tensor(state['sum'], dtype=torch.float64, device=device) if 'sum' in state else None
+        self.outer = torch.as_tensor(state['outer'], dtype=torch.float64, device=device) if 'sum' in state else None
 
     def mean_and_cov(self):
         """(mu, sigma) as float64 numpy; sigma is the unbiased (N-1) covariance."""
@@ -189,8 +188,13 @@ def flatten_stats(stats):
     return flat
 
 def unflatten_stats(arrays):
-    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}."""
-    if not any('.' in key for key in arrays) and {'mu', 'sigma'} <= set(arrays):
+    """Inverse of `flatten_stats`; an EDM v1 file (only 'mu' and 'sigma') becomes {'fid': {...}}.
+    An EDM v1 file with one of the two arrays but not the other is a UserError naming the missing one."""
+    if not any('.' in key for key in arrays) and {'mu', 'sigma'} & set(arrays):
+        missing = sorted({'mu', 'sigma'} - set(arrays))
+        if missing:
+            raise UserError(f'EDM v1-style statistics with "{({"mu", "sigma"} - set(missing)).pop()}" '
+                            f'but no "{missing[0]}" array')
         return {'fid': dict(arrays)}
     stats = {}
     for key, array in arrays.items():

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
+from edmguide.guidance import GuidanceSchedule, Interval, check_weight
 from edmguide.sampling import EvalCounter  # per image: `net` conditional (main), `gnet` unconditional (guide)
 
 NUM_TRAIN_STEPS = 1000
@@ -438,15 +438,124 @@ class GenerationDecoder:
         return images.permute(0, 3, 1, 2).to(latents.device)
 
 
-def generation_sampler(net, noise, labels, branches, *, mode='edm2', randn_like, counter=None,
-                       mapping=DEFAULT_MAPPING, guide_channels=3, num_steps=NUM_STEPS):
-    """`sample_dit_tree` with the signature `edmguide.generation` calls its sampler with: one-hot
-    labels, (gnet, guidance) branches (gnet is unused: DiT guides with its own null class) and the
-    per-seed generators' bound `randn_like`."""
-    del mode
-    source = randn_like.__self__
-    indices = labels.argmax(dim=1)
-    return sample_dit_tree(net, noise, indices, [g for _, g in branches], noise_source=source, mapping=mapping,
-                           guide_channels=guide_channels, num_steps=num_steps, counter=counter)
+NUMERICS = ('per-seed', 'dit')
+GUIDE_CHANNELS = ('3', 'all')
+DEFAULT_INTERVAL = Interval.of_sigma(*DEFAULT_SIGMA_RANGE)  # DiT commands' default: the paper's FID interval
+
+
+def _as_interval_args(interval):
+    """An `Interval` (None = every step) as `dit_guidance`'s (interval, sigma_range) arguments."""
+    interval = interval if interval is not None else Interval()
+    if interval.kind == 'steps':
+        return tuple(interval.steps), None
+    if interval.kind == 'sigma':
+        return None, tuple(interval.sigma)
+    return None, (0.0, math.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTOptions:
+    """Every option of DiT's sampler, checked when made (one `error:` line if not): the sigma
+    `mapping` that decides which steps a noise range guides, the eps channels guided
+    (`guide_channels` 3 = DiT's forward_with_cfg, 'all'), the number of respaced steps, the noise
+    `numerics` ('per-seed': one generator per seed; 'dit': sample.py's one stream) and `mode`, how
+    the generation iterator draws labels for seeds without a class (EDM2's way)."""
+    mapping: str = DEFAULT_MAPPING
+    guide_channels: object = 3
+    num_steps: int = NUM_STEPS
+    numerics: str = 'per-seed'
+    mode: str = 'edm2'
+
+    def __post_init__(self):
+        if self.mapping not in MAPPINGS:
+            raise UserError(f'--dit_mapping={self.mapping!r}: choose one of {", ".join(MAPPINGS)}')
+        if str(self.guide_channels) not in GUIDE_CHANNELS:
+            raise UserError(f'--dit_guide_channels={self.guide_channels!r}: choose one of {", ".join(GUIDE_CHANNELS)}')
+        object.__setattr__(self, 'guide_channels', 'all' if str(self.guide_channels) == 'all' else DIT_GUIDED_CHANNELS)
+        if isinstance(self.num_steps, bool) or int(self.num_steps) != self.num_steps or not 1 <= self.num_steps <= NUM_TRAIN_STEPS:
+            raise UserError(f'DiT steps must be an integer in 1..{NUM_TRAIN_STEPS}, got {self.num_steps!r}')
+        object.__setattr__(self, 'num_steps', int(self.num_steps))
+        if self.numerics not in NUMERICS:
+            raise UserError(f'--numerics={self.numerics!r} with --dit: choose one of {", ".join(NUMERICS)}')
+        if self.mode != 'edm2':
+            raise UserError(f'DiT draws labels as EDM2 does (mode \'edm2\'), got mode {self.mode!r}')
+
+    def replace(self, **changes):
+        """A copy with some fields changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def as_record(self):
+        """JSON-able dict of every field, for settings files a resumed run is checked against."""
+        return dict(sampler='dit-ddpm', mapping=self.mapping, guide_channels=str(self.guide_channels),
+                    num_steps=self.num_steps, numerics=self.numerics, mode=self.mode)
+
+    def schedule(self, net=None, *, device=None):
+        """The `DiTSchedule` of these options (`net` and `device` are accepted as
+        `schedule.SamplerOptions.schedule` takes them; DiT's levels depend on neither)."""
+        del net
+        return DiTSchedule(self, device=device)
+
+
+class DiTSchedule:
+    """DiT's sampler bound to its options, duck-typed like `edmguide.schedule.Schedule` for the
+    generation iterator and the zips: `options`, `levels` (each step's sigma under the mapping, in
+    sampling order), `num_steps`, `guidance(weight, interval)`, `weights(guidance)`,
+    `check_branches(branches)` and `sample_tree(net, noise, labels, branches, randn_like=, counter=)`."""
+
+    def __init__(self, options=None, *, device=None):
+        self.options = options if options is not None else DiTOptions()
+        self.device = device
+        self.levels = tuple(float(s) for s in step_sigmas(self.options.mapping, self.options.num_steps).tolist())
+
+    @property
+    def num_steps(self):
+        return self.options.num_steps
+
+    def guidance(self, weight, interval=None, *, what=None):
+        """The GuidanceSchedule of `weight` on `interval` (an `Interval`; None = every step) under this
+        schedule's mapping. Weight None or 1 is no guidance; a weight that is not a finite float32
+        number and a range that guides no step are refused with one line."""
+        if weight is not None and weight != 1:
+            check_weight(weight, what or '--guidance')
+        steps, sigma_range = _as_interval_args(interval)
+        return dit_guidance(weight, steps, sigma_range, mapping=self.options.mapping, num_steps=self.num_steps)
+
+    def weights(self, guidance):
+        """Per-step weights (a tuple of num_steps floats) of a GuidanceSchedule, a number or None."""
+        return step_weights(guidance, self.options.mapping, self.num_steps)
+
+    def guided_steps(self, guidance):
+        """Indices of the guided steps (sampling order)."""
+        return guided_steps(guidance, self.options.mapping, self.num_steps)
+
+    def check_branches(self, branches):
+        """Check every (gnet, guidance) branch before sampling (gnet is unused: DiT guides with its
+        own null class); returns the per-branch weights."""
+        if not branches:
+            raise ValueError('DiT sampling needs at least one branch')
+        keys = [self.weights(g) for _, g in branches]
+        for weights in keys:
+            for w in set(weights):
+                if w != 1:
+                    check_weight(w, '--guidance')
+        return keys
+
+    def sample_tree(self, net, noise, labels, branches, *, randn_like, counter=None):
+        """`sample_dit_tree` as the generation iterator calls a schedule's sampler: one-hot labels,
+        (gnet, guidance) branches and the per-seed generators' bound `randn_like` (its object is the
+        noise source, whose state is replayed where branches split)."""
+        if self.options.numerics != 'per-seed':
+            raise UserError('the generation iterator samples per seed; numerics \'dit\' is sample_dit_reference\'s')
+        source = randn_like.__self__
+        indices = labels.argmax(dim=1) if labels.ndim == 2 else labels
+        return sample_dit_tree(net, noise, indices, [g for _, g in branches], noise_source=source,
+                               mapping=self.options.mapping, guide_channels=self.options.guide_channels,
+                               num_steps=self.num_steps, counter=counter)
+
+    def describe_levels(self, limit=8):
+        levels = [f'{t:.4g}' for t in self.levels]
+        if len(levels) > limit:
+            levels = levels[:limit // 2] + ['...'] + levels[-(limit // 2):]
+        return ', '.join(levels)
 
 #----------------------------------------------------------------------------

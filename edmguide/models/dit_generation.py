@@ -2,9 +2,10 @@
 grid and 50k zips, all on DiT's own sampler (`edmguide.models.dit`).
 
 Per-seed work goes through the one generation iterator (`edmguide.generation`) with DiT's sampler
-plugged in, so the per-seed generators, batching, decoding, finiteness check and the resumable
-zips (`edmguide.zipdump`) are the EDM2 ones. The networks come from `edmguide.models.dit_net`
-(`load_dit`, `load_dit_vae`), imported by name when a DiT is first loaded.
+plugged in through its schedule object (`dit.DiTSchedule`, duck-typed like `schedule.Schedule`),
+so the per-seed generators, batching, decoding, finiteness check and the resumable zips
+(`edmguide.zipdump`) are the EDM2 ones. The networks come from `edmguide.models.dit_net`
+(`load_dit_network`, `load_dit_vae`), imported by name when a DiT is first loaded.
 """
 
 import importlib
@@ -15,33 +16,35 @@ import torch
 
 from edmguide import images as imagelib
 from edmguide.errors import UserError
+from edmguide.guidance import Interval
 from edmguide.models import dit
 from edmguide.outputs import check_output_dir
 from edmguide.progress import progress_bar
 
 DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'  # DiT's sample_ddp.py (its FID runs); sample.py defaults to -mse
-EMBEDDINGS = ('dit', 'diffusers')
-GUIDE_CHANNELS = ('3', 'all')
+EMBEDDINGS = ('dit', 'diffusers')  # dit_net.EMBEDDINGS (kept here so options are checked before torch loads it)
+GUIDE_CHANNELS = dit.GUIDE_CHANNELS
 COMPARISON_CLASSES = (88, 207, 360, 387)  # macaw, golden retriever, otter, lesser panda: the grid's default columns
 COMPARISON_ROWS = (  # (label, weight, sigma range): Table 1's DiT settings
-    ('CFG (w = 1.5, all 250 steps)', dit.CFG_GUIDANCE, (0.0, float('inf'))),
-    ('interval (0.34, 1.02] (w = 2.5)', dit.DEFAULT_GUIDANCE, dit.DEFAULT_SIGMA_RANGE),
-    ('interval (0.45, 1.23] (w = 4.0)', dit.FD_GUIDANCE, dit.FD_SIGMA_RANGE),
+    ('CFG (w = 1.5, all 250 steps)', dit.CFG_GUIDANCE, Interval()),
+    ('interval (0.34, 1.02] (w = 2.5)', dit.DEFAULT_GUIDANCE, Interval.of_sigma(*dit.DEFAULT_SIGMA_RANGE)),
+    ('interval (0.45, 1.23] (w = 4.0)', dit.FD_GUIDANCE, Interval.of_sigma(*dit.FD_SIGMA_RANGE)),
 )
 
 #----------------------------------------------------------------------------
 # Options and loading.
 
-def check_options(mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit'):
-    """One `error:` line for a DiT option value outside its choices. Returns guide_channels as the
-    sampler takes it (3 or 'all')."""
-    if mapping not in dit.MAPPINGS:
-        raise UserError(f'--dit_mapping={mapping!r}: choose one of {", ".join(dit.MAPPINGS)}')
+def check_options(options=None, embedding='dit'):
+    """One `error:` line for a DiT option value outside its choices (`DiTOptions` checks its own
+    fields when made). Returns the options (default `DiTOptions()`)."""
     if embedding not in EMBEDDINGS:
         raise UserError(f'--dit_embedding={embedding!r}: choose one of {", ".join(EMBEDDINGS)}')
-    if str(guide_channels) not in GUIDE_CHANNELS:
-        raise UserError(f'--dit_guide_channels={guide_channels!r}: choose one of {", ".join(GUIDE_CHANNELS)}')
-    return 'all' if str(guide_channels) == 'all' else 3
+    return options if options is not None else dit.DiTOptions()
+
+
+def _interval(interval):
+    """None: the paper's FID interval (the DiT commands' default); else the `Interval` given."""
+    return dit.DEFAULT_INTERVAL if interval is None else interval
 
 
 def load_dit_models(model, *, vae=DEFAULT_VAE, embedding='dit', device=None):
@@ -52,30 +55,32 @@ def load_dit_models(model, *, vae=DEFAULT_VAE, embedding='dit', device=None):
         if exc.name != 'edmguide.models.dit_net':
             raise
         raise UserError('DiT networks are loaded by edmguide.models.dit_net, which this installation lacks') from None
-    net = dit_net.load_dit(model, embedding=embedding, device=device)
-    decoder = dit_net.load_dit_vae(vae)
+    net = dit_net.load_dit_network(model, embedding=embedding, device=device if device is not None else 'cpu')
+    decoder = dit_net.load_dit_vae(vae, device=device if device is not None else 'cpu')
     if int(getattr(net, 'num_classes', dit.NUM_CLASSES)) != dit.NUM_CLASSES:
         raise UserError(f'{model}: a DiT with {net.num_classes} classes; DiT-XL/2 and this sampler use ImageNet\'s 1000')
     return dit.GenerationNet(net), dit.GenerationDecoder(decoder)
 
 
-def describe(schedule, mapping=dit.DEFAULT_MAPPING):
+def describe(guidance, schedule):
     """'w = 2.5 on steps [124, 198] (75 of 250 steps; sigma (0.34, 1.02] under the paper mapping)'."""
-    steps = dit.guided_steps(schedule, mapping)
+    mapping = schedule.options.mapping
+    steps = schedule.guided_steps(guidance)
     if not steps:
         return 'no guidance (250 conditional evaluations per image)'
-    weights = sorted({w for w in dit.step_weights(schedule, mapping) if w != 1})
+    weights = sorted({w for w in schedule.weights(guidance) if w != 1})
     w = ', '.join(f'{v:g}' for v in weights)
-    if len(steps) == dit.NUM_STEPS:
-        return f'w = {w} on all {dit.NUM_STEPS} steps (CFG)'
-    return (f'w = {w} on steps [{steps[0]}, {steps[-1]}] ({len(steps)} of {dit.NUM_STEPS}; {schedule} '
+    n = schedule.num_steps
+    if len(steps) == n:
+        return f'w = {w} on all {n} steps (CFG)'
+    return (f'w = {w} on steps [{steps[0]}, {steps[-1]}] ({len(steps)} of {n}; {guidance} '
             f'under the {mapping!r} sigma mapping)')
 
 
-def evaluations_line(schedule, mapping=dit.DEFAULT_MAPPING):
-    guided = len(dit.guided_steps(schedule, mapping))
-    return (f'evaluations per image: {dit.NUM_STEPS} conditional + {guided} unconditional '
-            f'= {dit.NUM_STEPS + guided}')
+def evaluations_line(guidance, schedule):
+    guided = len(schedule.guided_steps(guidance))
+    n = schedule.num_steps
+    return f'evaluations per image: {n} conditional + {guided} unconditional = {n + guided}'
 
 
 def _check_free(paths, overwrite):
@@ -88,35 +93,39 @@ def _check_free(paths, overwrite):
 #----------------------------------------------------------------------------
 # Per-seed PNGs.
 
+def _schedule(options, embedding, device=None):
+    return check_options(options, embedding).schedule(device=device)
+
+
 def generate_dit_images(model, outdir, *, seeds, class_idx=None, guidance=dit.DEFAULT_GUIDANCE, interval=None,
-                        sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit',
-                        vae=DEFAULT_VAE, max_batch_size=32, subdirs=False, overwrite=False, device='cpu'):
+                        options=None, embedding='dit', vae=DEFAULT_VAE, max_batch_size=32, subdirs=False,
+                        overwrite=False, device='cpu'):
     """One `<seed:06d>.png` per seed; each image depends only on its seed, class and the settings.
-    `class_idx`: None (a class per seed drawn from its generator), one class, or one per seed."""
+    `class_idx`: None (a class per seed drawn from its generator), one class, or one per seed.
+    `interval`: a `guidance.Interval` (None: the paper's FID interval); `options`: `dit.DiTOptions`."""
     from edmguide import seeds as seedlib
     from edmguide.generation import generate_batches
     from torch_utils import distributed as dist
-    guide_channels = check_options(mapping, guide_channels, embedding)
+    schedule = _schedule(options, embedding, device)
     if class_idx is not None:
         classes = dit.check_classes(class_idx)
         if not isinstance(class_idx, int) and len(classes) not in (1, len(seeds)):
             raise UserError(f'{len(classes)} classes for {len(seeds)} seeds: give one class, or one per seed')
         class_idx = classes[0] if len(classes) == 1 else classes
-    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    weights = schedule.guidance(guidance, _interval(interval))
     check_output_dir(outdir, '--outdir')
     paths = [imagelib.seed_image_path(outdir, s, subdirs) for s in seeds]
     _check_free(paths, overwrite)
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
-    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with DiT\'s 250-step sampler: '
-                f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}')
+    dist.print0(f'Generating {len(seeds)} images to "{outdir}" with DiT\'s {schedule.num_steps}-step sampler: '
+                f'{describe(weights, schedule)}; {evaluations_line(weights, schedule)}')
     world_size = dist.get_world_size()
     step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
                                            for r in range(world_size)])
     written = []
     bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
-    for batch in generate_batches(net, decoder, seeds, guidance=schedule, class_idx=class_idx,
-                                  max_batch_size=max_batch_size, device=device, mode='edm2',
-                                  sampler=dit.generation_sampler, mapping=mapping, guide_channels=guide_channels):
+    for batch in generate_batches(net, decoder, seeds, schedule, guidance=weights, class_idx=class_idx,
+                                  max_batch_size=max_batch_size, device=device):
         for seed, image in zip(batch.seeds, batch.images.cpu()):
             path = imagelib.seed_image_path(outdir, seed, subdirs)
             imagelib.save_png(path, image)
@@ -134,23 +143,24 @@ def reference_image_path(outdir, seed, k, class_idx):
 
 
 def generate_dit_reference_images(model, outdir, *, classes, seed=0, guidance=dit.DEFAULT_GUIDANCE, interval=None,
-                                  sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3',
-                                  embedding='dit', vae=DEFAULT_VAE, overwrite=False, device='cpu'):
+                                  options=None, embedding='dit', vae=DEFAULT_VAE, overwrite=False, device='cpu'):
     """DiT sample.py for `seed` and the class list (one batch, one global-style generator):
     `sample-s<seed>-<k>-class<c>.png` per class. Returns the written paths."""
-    guide_channels = check_options(mapping, guide_channels, embedding)
+    schedule = _schedule(options, embedding, device)
     classes = dit.check_classes(classes)
-    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    weights = schedule.guidance(guidance, _interval(interval))
     check_output_dir(outdir, '--outdir')
     paths = [reference_image_path(outdir, seed, k, c) for k, c in enumerate(classes)]
     _check_free(paths, overwrite)
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
     print(f'Generating {len(classes)} images to "{outdir}" as DiT\'s sample.py does (seed {seed}): '
-          f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}', flush=True)
-    bar = progress_bar(total=dit.NUM_STEPS, unit='step', desc='Sampling', leave=False)
+          f'{describe(weights, schedule)}; {evaluations_line(weights, schedule)}', flush=True)
+    opts = schedule.options
+    bar = progress_bar(total=schedule.num_steps, unit='step', desc='Sampling', leave=False)
     with torch.no_grad():
-        latents = dit.sample_dit_reference(net.net, classes, seed, schedule, device=device, mapping=mapping,
-                                           guide_channels=guide_channels, progress=lambda info: bar.update(1))
+        latents = dit.sample_dit_reference(net.net, classes, seed, weights, device=device, mapping=opts.mapping,
+                                           guide_channels=opts.guide_channels, num_steps=opts.num_steps,
+                                           progress=lambda info: bar.update(1))
         bar.close()
         if not bool(torch.isfinite(latents).all()):
             raise UserError('the sampler produced non-finite latents; nothing was written')
@@ -163,17 +173,17 @@ def generate_dit_reference_images(model, outdir, *, classes, seed=0, guidance=di
 #----------------------------------------------------------------------------
 # The comparison grid: CFG at every step vs the paper's intervals.
 
-def render_dit_comparison(model, outdir, *, classes, seeds, mapping=dit.DEFAULT_MAPPING, guide_channels='3',
-                          embedding='dit', vae=DEFAULT_VAE, overwrite=False, device='cpu', scale=1):
+def render_dit_comparison(model, outdir, *, classes, seeds, options=None, embedding='dit', vae=DEFAULT_VAE,
+                          overwrite=False, device='cpu', scale=1):
     """`<outdir>/dit-comparison.png`: one row per Table 1 setting (CFG w = 1.5 at every step, the FID
     interval, the FD_DINOv2 interval), one column per (class, seed), the same noise in every row. The
-    rows are sampled together (`sample_dit_tree`): the two interval rows share their unguided first
-    steps. Returns the path."""
+    rows are sampled together (`DiTSchedule.sample_tree`): the two interval rows share their unguided
+    first steps. Returns the path."""
     from edmguide.figures import layout_comparison
     from edmguide.generation import generate_setting_batches
-    guide_channels = check_options(mapping, guide_channels, embedding)
+    schedule = _schedule(options, embedding, device)
     classes = dit.check_classes(classes)
-    rows = [(label, dit.dit_guidance(w, sigma_range=rng, mapping=mapping)) for label, w, rng in COMPARISON_ROWS]
+    rows = [(label, schedule.guidance(w, interval)) for label, w, interval in COMPARISON_ROWS]
     check_output_dir(outdir, '--outdir')
     path = os.path.join(outdir, 'dit-comparison.png')
     _check_free([path], overwrite)
@@ -181,15 +191,14 @@ def render_dit_comparison(model, outdir, *, classes, seeds, mapping=dit.DEFAULT_
     column_seeds = [s for _ in classes for s in seeds]
     column_classes = [c for c in classes for _ in seeds]
     tiles = [[] for _ in rows]
-    print(f'Sampling {len(rows)} rows x {len(column_seeds)} images (sigma mapping {mapping!r})...', flush=True)
-    for batch in generate_setting_batches(net, decoder, column_seeds, [(None, g) for _, g in rows],
+    print(f'Sampling {len(rows)} rows x {len(column_seeds)} images (sigma mapping {schedule.options.mapping!r})...',
+          flush=True)
+    for batch in generate_setting_batches(net, decoder, column_seeds, [(None, g) for _, g in rows], schedule,
                                           class_idx=column_classes, max_batch_size=len(column_seeds), device=device,
-                                          rank=0, world_size=1, mode='edm2', sync=False,
-                                          sampler=dit.generation_sampler, mapping=mapping,
-                                          guide_channels=guide_channels):
+                                          rank=0, world_size=1, sync=False):
         for row, images in zip(tiles, batch.images):
             row += [imagelib.to_hwc_uint8(img) for img in images]
-    labels = [f'{label}: {len(dit.guided_steps(g, mapping))} guided steps' for label, g in rows]
+    labels = [f'{label}: {len(schedule.guided_steps(g))} guided steps' for label, g in rows]
     grid = layout_comparison(tiles, labels, scale=scale, column_headers=([f'class {c}' for c in classes],
                                                                           [f'seed {s}' for s in column_seeds]),
                              group_size=len(seeds))
@@ -203,71 +212,75 @@ def render_dit_comparison(model, outdir, *, classes, seeds, mapping=dit.DEFAULT_
 # Metrics on the fly (calculate_metrics.py gen --dit).
 
 def calc_metrics_for_dit(model, ref_path, metrics=None, *, guidance=dit.DEFAULT_GUIDANCE, interval=None,
-                         sigma_range=None, mapping=dit.DEFAULT_MAPPING, guide_channels='3', embedding='dit',
-                         vae=DEFAULT_VAE, num_images=50000, seed=0, max_batch_size=32, class_idx=None, device=None,
-                         progress=True):
+                         options=None, embedding='dit', vae=DEFAULT_VAE, num_images=50000, seed=0, max_batch_size=32,
+                         class_idx=None, device=None, progress=True):
     """Metrics of DiT's samples of seeds seed..seed+N-1, measured as they come (nothing is written);
-    the images are those `generate_dit_images` writes for the same seeds and settings."""
-    from edmguide import generation, seeds as seedlib
+    the images are those `generate_dit_images` writes for the same seeds and settings. Batches are
+    `pipeline.metric_chunks` (fixed chunks dealt round-robin), as `calc_metrics_for_network`'s."""
+    from edmguide import generation
     from edmguide.metrics import pipeline, stats as stats_lib
     from torch_utils import distributed as dist
-    guide_channels = check_options(mapping, guide_channels, embedding)
+    device = generation.pick_device(device, note=False)
+    schedule = _schedule(options, embedding, device)
     if class_idx is not None:
         class_idx = dit.check_classes(class_idx)[0]
-    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
-    device = generation.pick_device(device, note=False)
+    weights = schedule.guidance(guidance, _interval(interval))
     ref = stats_lib.load_reference(ref_path)  # before the networks: a bad reference fails at once
     metrics = pipeline.resolve_metrics(metrics, ref, ref_path)
     pipeline.reference_dims(ref, metrics, ref_path)
     dets = pipeline.build_detectors(metrics)
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
     # stderr: a metric command's stdout holds only its results
-    dist.print0(f'DiT: {describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}', file=sys.stderr)
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    batches = generation.generate_batches(net, decoder, range(seed, seed + num_images), guidance=schedule,
-                                          class_idx=class_idx, max_batch_size=max_batch_size, device=device,
-                                          rank=rank, world_size=world_size, mode='edm2',
-                                          sampler=dit.generation_sampler, mapping=mapping,
-                                          guide_channels=guide_channels)
-    step_images = seedlib.images_per_step([[c for c in seedlib.rank_batches(num_images, max_batch_size, world_size, r)
-                                            if len(c)] for r in range(world_size)])
-    return pipeline.calc_metrics_for_generator(batches, num_images, ref_path, metrics, ref=ref, device=device,
-                                               dets=dets, progress=progress, step_images=step_images)
+    dist.print0(f'DiT: {describe(weights, schedule)}; {evaluations_line(weights, schedule)}', file=sys.stderr)
+    chunks = pipeline.metric_chunks(num_images, max_batch_size)
+    batches = generation.generate_batches(net, decoder, range(seed, seed + num_images), schedule, guidance=weights,
+                                          class_idx=class_idx, batches=chunks, sync=False, device=device)
+    return pipeline.calc_metrics_for_generator(batches, num_images, ref_path, metrics, num_steps=len(chunks), ref=ref,
+                                               device=device, dets=dets, progress=progress,
+                                               step_images=pipeline.metric_step_images(num_images, max_batch_size))
 
 #----------------------------------------------------------------------------
 # Zips (the 50k FID sets).
 
+def _input_record(model, vae):
+    """(inputs, names): the input files by SHA-256 (`digests.input_record`: a .pt checkpoint, a VAE
+    file) and, by name, those that are hub ids or folders."""
+    from edmguide import digests
+    files = {name: str(path) for name, path in (('dit', model), ('dit_vae', vae)) if path and os.path.isfile(str(path))}
+    names = {f'{name}_source': str(path) for name, path in (('dit', model), ('dit_vae', vae)) if name not in files}
+    return digests.input_record(**files), names
+
+
 def generate_dit_zip(model, zip_dir='./results', *, num_images=50000, seed=0, batch_size=64,
-                     guidance=dit.DEFAULT_GUIDANCE, interval=None, sigma_range=None, mapping=dit.DEFAULT_MAPPING,
-                     guide_channels='3', embedding='dit', vae=DEFAULT_VAE, device='cpu', verbose=False, progress=True,
-                     overwrite=False):
+                     guidance=dit.DEFAULT_GUIDANCE, interval=None, options=None, embedding='dit', vae=DEFAULT_VAE,
+                     device='cpu', verbose=False, progress=True, overwrite=False):
     """`<zip_dir>/<model>-s<seed>-nimg<N>-g<G>-<cfg|gi|gi-model>.zip` of seeds seed..seed+N-1, a random
     class per seed (drawn from the seed, as DiT's sample_ddp.py draws random classes), with the
     guarantees of `zipdump.dump_zip` (resumable, settings-checked, atomic). Returns its statistics."""
     from edmguide.zipdump import dump_zip, zip_file_name
     from torch_utils import distributed as dist
-    guide_channels = check_options(mapping, guide_channels, embedding)
+    schedule = _schedule(options, embedding, device)
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
     if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise UserError(f'--seed={seed}: seeds are non-negative integers')
-    schedule = dit.dit_guidance(guidance, interval, sigma_range, mapping=mapping)
+    weights = schedule.guidance(guidance, _interval(interval))
     check_output_dir(zip_dir, '--zip_dir')
-    every_step = len(dit.guided_steps(schedule, mapping)) in (0, dit.NUM_STEPS)
+    mapping = schedule.options.mapping
+    every_step = len(schedule.guided_steps(weights)) in (0, schedule.num_steps)
     method = 'cfg' if every_step else ('gi' if mapping == dit.DEFAULT_MAPPING else f'gi-{mapping}')
     stem = str(model)[:-3] if str(model).endswith('.pt') else str(model)
     zip_path = os.path.join(zip_dir, zip_file_name(stem, seed, num_images, 1.0 if guidance is None else guidance,
                                                    method))
-    settings = dict(dit=str(model), dit_vae=str(vae), dit_embedding=embedding, dit_mapping=mapping,
-                    dit_guide_channels=str(guide_channels), guidance=schedule.as_data(),
-                    guided_steps=dit.guided_steps(schedule, mapping), sampler='dit-ddpm-250', numerics='per-seed')
+    inputs, names = _input_record(model, vae)
+    settings = dict(inputs=inputs, **names, dit_embedding=embedding, guidance=weights.as_data(),
+                    guided_steps=schedule.guided_steps(weights), **schedule.options.as_record())
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
-    dist.print0(f'Generating {num_images} images to "{zip_path}" with DiT\'s 250-step sampler: '
-                f'{describe(schedule, mapping)}; {evaluations_line(schedule, mapping)}')
-    stats = dump_zip(net, decoder, zip_path, range(seed, seed + num_images), settings=settings, guidance=schedule,
-                     batch_size=batch_size, device=device, mode='edm2', verbose=verbose, progress=progress,
-                     overwrite=overwrite, sampler=dit.generation_sampler, mapping=mapping,
-                     guide_channels=guide_channels)
+    dist.print0(f'Generating {num_images} images to "{zip_path}" with DiT\'s {schedule.num_steps}-step sampler: '
+                f'{describe(weights, schedule)}; {evaluations_line(weights, schedule)}')
+    stats = dump_zip(net, decoder, zip_path, range(seed, seed + num_images), schedule, settings=settings,
+                     guidance=weights, batch_size=batch_size, device=device, verbose=verbose, progress=progress,
+                     overwrite=overwrite)
     dist.print0('Done.')
     return dict(stats, path=zip_path)
 

@@ -27,7 +27,7 @@ from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
 from edmguide.images import atomic_write
 from edmguide.loading import load_pickle
-from edmguide.sampling import noise_levels, sample
+from edmguide.sampling import SamplerOptions, sample
 from edmguide.toys import mlp
 from edmguide.toys.common import plt, save_figure
 from edmguide.toys.tree import make_two_class_trees
@@ -119,9 +119,9 @@ def methods(models):
 def sample_points(net, gnet, guidance, *, num_samples=NUM_SAMPLES, seed=0):
     """Class-A samples [n, 2] from the shared sampler (32 Heun steps, σ_max 5)."""
     noise = torch.randn([num_samples, 2], generator=torch.Generator().manual_seed(seed))
-    sigmas = noise_levels(NUM_STEPS, SIGMA_MIN, SIGMA_MAX, RHO)
+    schedule = SamplerOptions(NUM_STEPS, SIGMA_MIN, SIGMA_MAX, RHO).schedule()
     with torch.no_grad():
-        return sample(net, noise, None, gnet=gnet, guidance=guidance, sigmas=sigmas).numpy()
+        return sample(net, noise, None, gnet=gnet, guidance=guidance, schedule=schedule).numpy()
 
 
 def render(path, models=None, *, num_samples=None, seed=0):

@@ -23,7 +23,7 @@ import torch
 from edmguide.demo.data import one_hot
 from edmguide.gmm import GaussianMixtureDenoiser
 from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import noise_levels, sample
+from edmguide.sampling import SamplerOptions, sample
 from edmguide.toys.common import plt, save_figure, trajectory_recorder
 
 #----------------------------------------------------------------------------
@@ -62,10 +62,11 @@ def sample_class_a(net, guidance, *, num_samples=NUM_SAMPLES, seed=0):
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn([num_samples, 1], generator=gen, dtype=torch.float64)
     labels = one_hot(torch.zeros([num_samples], dtype=torch.int64), 2).to(torch.float64)  # all class A
-    sigmas = noise_levels(NUM_STEPS, SIGMA_MIN, SIGMA_MAX, RHO, dtype=torch.float64)
+    schedule = SamplerOptions(NUM_STEPS, SIGMA_MIN, SIGMA_MAX, RHO, dtype=torch.float64).schedule()
+    sigmas = schedule.sigmas
     steps = []
-    x = sample(net, noise, labels, gnet=net.unconditional(), guidance=guidance, sigmas=sigmas,
-               dtype=torch.float64, progress=trajectory_recorder(steps))
+    x = sample(net, noise, labels, gnet=net.unconditional(), guidance=guidance, schedule=schedule,
+               progress=trajectory_recorder(steps))
     traj = torch.stack([noise[:, 0] * sigmas[0]] + [s[1][:, 0] for s in steps])
     return x[:, 0].numpy(), sigmas.numpy(), traj.numpy()
 
