@@ -73,8 +73,8 @@ def _psd(d, seed=0):
     return a @ a.T
 
 @pytest.mark.parametrize('mu, sigma, match', [
-    (np.array([0.0, np.nan, 1.0]), _psd(3), 'mu has 1 non-finite'),
-    (np.zeros(3), np.where(np.eye(3) > 0, np.inf, 0.0), 'sigma has 3 non-finite'),
+    (np.array([0.0, np.nan, 1.0]), _psd(3), 'mu has 1 NaN value'),
+    (np.zeros(3), np.where(np.eye(3) > 0, np.inf, 0.0), 'sigma has 3 infinite values'),
     (np.zeros(3), np.zeros((3, 2)), 'malformed'),
     (np.zeros(3), _psd(4), 'malformed'),  # square, but not of mu's size
     (np.zeros(3), _psd(3) + np.triu(np.full((3, 3), 1e-4), 1), 'not symmetric'),
