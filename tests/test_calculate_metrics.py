@@ -229,10 +229,16 @@ def test_ref_then_calc_of_same_set_is_zero(cache, tmp_path, image_dir, image_zip
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_zip, '--ref', str(dest),
                                                  '--num', '12', '--batch', '4', '--workers', '0'])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert [line.split(' = ')[0] for line in lines] == ['fid', 'fd_dinov2']
-    for line in lines:
-        assert abs(float(line.split(' = ')[1])) < 1e-9
+    # The same images batched differently (sums in another order): the statistics differ by round-off,
+    # and a distance within its round-off bound of zero is printed and written as 0, never -4.5e-13.
+    assert result.stdout.strip().splitlines() == ['fid = 0', 'fd_dinov2 = 0']
+    results = tmp_path / 'results'
+    gi = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', str(dest), '--results_dir', str(results),
+                                           '--batch_size', '7'])
+    assert gi.exit_code == 0, gi.output
+    assert gi.stdout.strip().splitlines()[-1] == 'FID = 0.00'
+    record = json.loads((results / 'fid.jsonl').read_text())
+    assert record['fid'] == 0.0 and str(record['fid']) == '0.0'
 
 def test_calc_on_directory_matches_independent_fd(cache, image_dir, images, other_ref):
     ref_path, ref_feats = other_ref
@@ -489,7 +495,27 @@ def test_a_bad_reference_is_one_line_before_the_feature_pass(cache, tmp_path, im
     path.write_bytes(pickle.dumps({'fid': {'mu': np.full(15, np.nan), 'sigma': np.eye(15)}}))
     monkeypatch.setattr(pipeline, 'compute_accumulators_for_images', lambda *a, **k: pytest.fail('feature pass started'))
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path)])
-    assert_one_line_error(result, str(path), 'mu has 15 non-finite')
+    assert_one_line_error(result, str(path), 'mu has 15 NaN values (every value)')
+
+@pytest.mark.parametrize('fill, message', [('all', 'has 80 NaN values (every value)'), ('one', 'has 1 NaN value;')])
+def test_nan_precision_recall_reference_features_are_named_with_the_file(cache, tmp_path, image_dir, monkeypatch, fill, message):
+    # Today's message for all-NaN features was a float16-range complaint without the file; NaN is named,
+    # with the file and the metric, before any feature pass (the gi form reads the same reference).
+    from edmguide.metrics import pipeline
+    features = np.ones((5, 16), np.float16)
+    if fill == 'all':
+        features[:] = np.nan
+    else:
+        features[2, 3] = np.nan
+    path = tmp_path / 'nan-pr.pkl'
+    path.write_bytes(pickle.dumps({'num_images': 5, 'pr': {'features': features}}))
+    monkeypatch.setattr(pipeline, 'compute_accumulators_for_images', lambda *a, **k: pytest.fail('feature pass started'))
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path), '--metrics', 'pr',
+                                                 '--num', '12'])
+    assert_one_line_error(result, f'{path}: "pr" reference features', message)
+    gi = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_dir, '--ref_path', str(path), '--metric', 'pr',
+                                           '--results_dir', str(tmp_path / 'results')])
+    assert_one_line_error(gi, str(path), message)
 
 def test_a_full_disk_is_named_with_the_path(tmp_path, capsys):
     from edmguide.errors import run_cli
