@@ -593,11 +593,30 @@ def test_ref_stores_pr_features_and_calc_reports_precision_and_recall(cache, tmp
     record = json.loads((results / 'pr.jsonl').read_text())
     assert list(record) == ['gen_zip', 'precision', 'recall', 'num_gen_images'] and record['num_gen_images'] == 12
 
-def test_ref_keeps_a_seeded_subset_for_pr_and_all_images_for_fid(cache, tmp_path, image_dir, images):
+def test_ref_keeps_the_first_images_in_file_order_for_pr_by_default_as_pr50k3(cache, tmp_path, image_dir, images):
+    # pr50k3's real set is the first 200k dataset items in order, not a random draw: by default `ref`
+    # stores the features of the first --pr_num files (sorted names, as the image reader orders them).
+    dest = tmp_path / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest), '--metrics', 'fid,pr',
+                                                 '--pr_num', '5', '--seed', '3', '--workers', '0', '--batch', '2'])
+    assert result.exit_code == 0, result.output
+    ref = pickle.loads(dest.read_bytes())
+    assert ref['num_images'] == 12
+    names = sorted(os.listdir(image_dir))
+    assert names == sorted(names, key=lambda n: int(n.split('.')[0])) # files 0..11 sort in image order
+    from edmguide.metrics.image_files import select_subset
+    assert list(select_subset(12, 5, seed=3)) != list(range(5)) # the seeded draw would store other images
+    first = hm.fake_vgg16_features(nchw(images[:5])).numpy().astype(np.float16)
+    np.testing.assert_array_equal(ref['pr']['features'], first)
+    bad = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(tmp_path / 'x.pkl'),
+                                              '--metrics', 'pr', '--pr_subset', 'shuffled'])
+    assert bad.exit_code != 0 and not (tmp_path / 'x.pkl').exists()
+
+def test_ref_keeps_a_seeded_subset_for_pr_when_asked_and_all_images_for_fid(cache, tmp_path, image_dir, images):
     from edmguide.metrics.image_files import select_subset
     dest = tmp_path / 'ref.pkl'
     result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest), '--metrics', 'fid,pr',
-                                                 '--pr_num', '5', '--seed', '3', '--workers', '0'])
+                                                 '--pr_num', '5', '--pr_subset', 'random', '--seed', '3', '--workers', '0'])
     assert result.exit_code == 0, result.output
     ref = pickle.loads(dest.read_bytes())
     assert ref['num_images'] == 12
