@@ -13,12 +13,15 @@ How the sum is computed, and why it is exact:
   eigendecomposition S = V diag(lambda) V^T, keeping only the eigenvalues above the round-off level
   (`null_threshold`): the null space of a rank-deficient covariance (fewer images than features)
   is dropped, so the factor has rank(S) columns and every later step works at that size.
-- Singular values without an SVD. An SVD of A costs several times an eigendecomposition, and the
-  square roots of the eigenvalues of A^T A are not exact (an eigenvalue near zero comes out with an
-  absolute error ~eps |A|^2, which its square root magnifies to ~sqrt(eps) |A|). Instead, V = the
-  eigenvectors of A^T A give sum_i |A v_i|: for any orthonormal V this is >= the nuclear norm, and
-  equal to it for the right singular vectors; the eigenvectors' round-off changes it only to second
-  order, so each term has the SVD's absolute accuracy, ~eps |A| (not ~sqrt(eps) |A|).
+- Singular values without a full SVD. An SVD of A costs several times a symmetric eigendecomposition,
+  and the square roots of the eigenvalues of A^T A are not exact (an eigenvalue near zero comes out
+  with an absolute error ~eps |A|^2, which its square root magnifies to ~sqrt(eps) |A|). Instead,
+  V = the eigenvectors of A^T A give sum_i |A v_i|: for any orthonormal V this is >= the nuclear norm,
+  and equal to it for the right singular vectors. Where the eigenvalues are well above round-off
+  (>= sqrt(eps) times the largest) round-off mixes only eigenvectors of nearly equal singular values,
+  which changes the sum to second order. Below that, round-off mixes the eigenvectors freely, so that
+  block's singular values come from an SVD of A V_small (only those columns; few for real spectra).
+  Each term then has the SVD's absolute accuracy, ~eps |A|, not ~sqrt(eps) |A|.
 - The reference's factor depends only on the reference: `cached_covariance_factor` computes it once
   per run for a read-only array (what `stats.load_reference` returns), and the reference check
   (`stats.check_frechet_entry`) uses the same factorisation.
@@ -135,6 +138,9 @@ def nuclear_norm_of_product(l1, l2):
     total = float(np.sqrt(np.square(a @ vec[:, small:]).sum(axis=0)).sum())
     if small:
         total += float(scipy.linalg.svd(a @ vec[:, :small], compute_uv=False, check_finite=False).sum())
+    # Error bound: r terms of <= r u |A| each (as an SVD's), and for each of the `small` columns its
+    # coupling to the resolved block: eigh's residual (<= r eps |A|^2) over the smallest resolved
+    # singular value (>= SPLIT^(1/2) |A|), i.e. <= r eps |A| / SPLIT^(1/2).
     norm = top ** 0.5 # |a|_2
     return total, (rank * rank * EPS / 2 + small * rank * EPS / SPLIT ** 0.5) * norm
 
@@ -150,10 +156,10 @@ def round_off_bound(dim, mean_term, f1, f2):
     the mean term and the traces are sums of d and 2d nonnegative terms (relative error <= d u, 2d u);
     the factors are exact for S + Delta with |tr Delta| <= (d+1) u T (Cholesky) or <= d * d u |S|
     (eigh, p(d) = d) plus the eigenvalues left out (`discarded`); forming A = L2^T L1 errs by
-    <= sqrt(r) d u |L1|_F |L2|_F <= sqrt(r) d u T / 2 in nuclear norm; the sum of |A v_i| errs by
-    <= r * r u |A|_2 <= r^2 u T / 2 (the SVD's bound, r terms of r u |A|). Twice the last two
-    (the distance has -2 tr sqrt), summed: <= (2 d^2 + d^1.5 + 3 d) u (m + T) + discarded,
-    which 2 (d + 2)^2 eps (m + T) + discarded covers for every d >= 1."""
+    <= sqrt(r) d u |L1|_F |L2|_F <= sqrt(r) d u T / 2 in nuclear norm, twice that in the distance
+    (it has -2 tr sqrt). Summed: <= (2 d^2 + d^1.5 + 3 d) u (m + T) + discarded, which
+    2 (d + 2)^2 eps (m + T) + discarded covers for every d >= 1. The error of the singular values of
+    the computed A (`nuclear_norm_of_product`'s second value) is added, doubled, by the caller."""
     traces = f1.trace + f2.trace
     return 2 * (dim + 2) ** 2 * EPS * (abs(mean_term) + abs(traces)) + f1.discarded + f2.discarded
 
