@@ -96,25 +96,29 @@ def _all_threads(count):
         torch.set_num_threads(before)
 
 
-def compare_cli_and_peer(mu_gen, sigma_gen, ref_entry, sigma_ref, threads, repeats):
-    """Interleaved timings (ours first in even rounds, the peer first in odd ones) at `threads`; the peer
-    gets a writable copy of the reference's sigma (torch wraps it without a copy)."""
-    ours_t, peer_t = [], []
+def compare_cli_and_peer(mu_gen, sigma_gen, ref_entry, sigma_ref, threads, repeats, previous=False):
+    """Interleaved timings at `threads` (the order of the methods reversed every other round, so that
+    a drift in the machine's load favours none); the peer gets a writable copy of the reference's
+    sigma (torch wraps it without a copy). `previous`: also time the method before issue 21."""
+    names = ('ours', 'peer', 'previous') if previous else ('ours', 'peer')
+    times, values = {name: [] for name in names}, {}
     with _all_threads(threads):
         for i in range(repeats):
-            order = ('ours', 'peer') if i % 2 == 0 else ('peer', 'ours')
-            for which in order:
+            for which in (names if i % 2 == 0 else names[::-1]):
                 t0 = time.perf_counter()
                 if which == 'ours':
-                    ours = frechet_cli_path(mu_gen, sigma_gen, ref_entry)
-                    ours_t.append(time.perf_counter() - t0)
+                    values[which] = frechet_cli_path(mu_gen, sigma_gen, ref_entry)
+                elif which == 'peer':
+                    values[which] = frechet_peer(mu_gen, sigma_gen, ref_entry['mu'], sigma_ref)
                 else:
-                    peer = frechet_peer(mu_gen, sigma_gen, ref_entry['mu'], sigma_ref)
-                    peer_t.append(time.perf_counter() - t0)
-    return dict(threads=threads, ours_s_min=min(ours_t), ours_s_median=median(ours_t), ours_s_all=ours_t,
-                peer_s_min=min(peer_t), peer_s_median=median(peer_t), peer_s_all=peer_t,
-                ratio_min=min(ours_t) / min(peer_t), ratio_median=median(ours_t) / median(peer_t),
-                fd_ours=ours, fd_peer=peer)
+                    values[which] = previous_cli_path(mu_gen, sigma_gen, ref_entry['mu'], sigma_ref)
+                times[which].append(time.perf_counter() - t0)
+    out = dict(threads=threads, ratio_min=min(times['ours']) / min(times['peer']),
+               ratio_median=median(times['ours']) / median(times['peer']))
+    for name in names:
+        out.update({f'{name}_s_min': min(times[name]), f'{name}_s_median': median(times[name]),
+                    f'{name}_s_all': times[name], f'fd_{name}': values[name]})
+    return out
 
 
 def frechet_rank_deficient(dim, samples):
@@ -161,17 +165,16 @@ def bench_frechet(cfg, log, blas_threads):
     default_threads = os.cpu_count() or 1
     comparisons = []
     for threads in sorted({blas_threads, default_threads}):
-        comparisons.append(compare_cli_and_peer(mu1, sigma1, ref_entry, sigma2, threads, cfg['repeats'] + 1))
+        comparisons.append(compare_cli_and_peer(mu1, sigma1, ref_entry, sigma2, threads, cfg['repeats'] + 1,
+                                                previous=(threads == blas_threads)))
         c = comparisons[-1]
         log(f"  {threads} thread(s): ours (CLI path) {c['ours_s_min']:.2f}s, peer eigvals {c['peer_s_min']:.2f}s "
             f"(best of {len(c['ours_s_all'])}; ratio {c['ratio_min']:.2f})")
     main = comparisons[0]
     with _all_threads(blas_threads):
         exact_trace = float(np.linalg.svd(a1.T @ a2, compute_uv=False).sum())
-        t0 = time.perf_counter()
-        previous = previous_cli_path(mu1, sigma1, mu2, sigma2)
-        previous_s = time.perf_counter() - t0
-        log(f'  previous method (eigvalsh check + SVD): {previous_s:.2f}s')
+        previous, previous_s = main['fd_previous'], main['previous_s_min']
+        log(f'  previous method (eigvalsh check + SVD), same rounds: {previous_s:.2f}s')
         ref_t = []
         for _ in range(cfg['ref_repeats']):
             t0 = time.perf_counter()
@@ -186,7 +189,7 @@ def bench_frechet(cfg, log, blas_threads):
     exact = float(np.square(mu1 - mu2).sum()) + trace_sum - 2 * exact_trace
     eig1 = np.linalg.eigvalsh(sigma1)
     rel = abs(ours - ref) / abs(ref)
-    speedup = median(ref_t) / main['ours_s_median']
+    speedup = median(ref_t) / main['ours_s_min']
     return dict(dim=dim, blas_threads=blas_threads, method='Gram eigenvectors of L2^T L1 (S = L L^T), SVD of the round-off block',
                 factorization=[covariance_factor(s).method for s in (sigma1, sigma2)],
                 comparisons=comparisons, fd_ours=ours, fd_peer=peer, fd_scipy=ref, fd_previous=previous, rel_diff=rel,
@@ -196,7 +199,7 @@ def bench_frechet(cfg, log, blas_threads):
                 previous_rel_err_vs_exact=abs(previous - exact) / abs(exact),
                 sigma1_condition=float(eig1[-1] / max(eig1[0], 1e-300)),
                 rel_diff_of_trace_sum=abs(ours - ref) / trace_sum, trace_sum=trace_sum,
-                ours_s=main['ours_s_median'], previous_s=previous_s, scipy_s=median(ref_t), scipy_s_all=ref_t,
+                ours_s=main['ours_s_min'], previous_s=previous_s, scipy_s=median(ref_t), scipy_s_all=ref_t,
                 speedup=speedup, self_ours=self_ours, self_peer=self_peer, rank_deficient=rank_deficient,
                 target=dict(name='CLI path no slower than the peer (best of the interleaved runs, every thread count) '
                                  'and relative difference to sqrtm <= 1e-9',
@@ -218,13 +221,14 @@ def markdown(f):
                    f"| {c['peer_s_min']:.2f} (median {c['peer_s_median']:.2f}) | {c['ratio_min']:.2f} |")
     rd = f['rank_deficient']
     out += ['', f"Best of {len(f['comparisons'][0]['ours_s_all'])} interleaved runs each (medians in brackets); "
-                f"factorisations: {' / '.join(f['factorization'])}.", '',
+                f"factorisations: {' / '.join(f['factorization'])}. Times below: best of the same interleaved "
+                f"runs (sqrtm: {len(f['scipy_s_all'])} run(s)).", '',
             f"| implementation ({f['blas_threads']} thread(s)) | time s | FD | rel. error vs exact | "
             f"singular case ({rd['samples']} samples, rank {rd['rank']}): rel. error | a set against itself |",
             '|---|---|---|---|---|---|',
             f"| ours | {f['ours_s']:.2f} | {f['fd_ours']:.12g} | {f['ours_rel_err_vs_exact']:.1e} | "
             f"{rd['ours_rel_err_vs_exact']:.1e} | {f['self_ours']:.3g} |",
-            f"| peer: eigvals of S1 S2 | {f['comparisons'][0]['peer_s_median']:.2f} | {f['fd_peer']:.12g} | "
+            f"| peer: eigvals of S1 S2 | {f['comparisons'][0]['peer_s_min']:.2f} | {f['fd_peer']:.12g} | "
             f"{f['peer_rel_err_vs_exact']:.1e} | {rd['peer_rel_err_vs_exact']:.1e} | {f['self_peer']:.3g} |",
             f"| previous (eigvalsh check, SVD of L2ᵀL1) | {f['previous_s']:.2f} | {f['fd_previous']:.12g} | "
             f"{f['previous_rel_err_vs_exact']:.1e} | {rd['previous_rel_err_vs_exact']:.1e} | |",
