@@ -119,21 +119,22 @@ def calc(image_path, ref_path, metrics, num_images, seed, max_batch_size, num_wo
 @click.option('--data', 'image_path', help='Directory or zip of dataset images', metavar='PATH|ZIP', type=str, required=True)
 @click.option('--dest', 'dest_path', help='Output statistics: .pkl (pickle, as upstream) or .npz (NumPy, no pickle)', metavar='PKL|NPZ', type=str, required=True)
 @click.option('--metrics', help="Comma-separated metrics ('pr' stores the features themselves)", type=str, default='fid,fd_dinov2', show_default=True)
-@click.option('--pr_num', 'max_pr_images', help='Most images whose features precision/recall stores (seeded subset)', type=click.IntRange(min=4), default=200000, show_default=True)
-@click.option('--seed', help='Random seed for choosing the precision/recall subset', type=int, default=0, show_default=True)
+@click.option('--pr_num', 'max_pr_images', help='Most images whose features precision/recall stores', type=click.IntRange(min=4), default=200000, show_default=True)
+@click.option('--pr_subset', help="Which images when the set is larger: the first in file order (as pr50k3) or a seeded random subset", type=click.Choice(['first', 'random']), default='first', show_default=True)
+@click.option('--seed', help='Random seed for --pr_subset=random', type=int, default=0, show_default=True)
 @click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=64, show_default=True)
 @click.option('--workers', 'num_workers', help='Subprocesses for data loading', type=click.IntRange(min=0), default=2, show_default=True)
 @click.option('--overwrite', help='Replace an existing --dest file', is_flag=True)
 @device_option
 @threads.threads_option
-def ref(image_path, dest_path, metrics, max_pr_images, seed, max_batch_size, num_workers, device, overwrite):
+def ref(image_path, dest_path, metrics, max_pr_images, pr_subset, seed, max_batch_size, num_workers, device, overwrite):
     """Reference statistics (and precision/recall features) of a dataset, saved as a pickle (or .npz without pickle)."""
     from edmguide.metrics import pipeline
     from torch_utils import distributed as dist
     _init_distributed()
     run_cli(lambda: pipeline.make_reference(
         image_path, dest_path, parse_metrics_option(metrics), max_batch_size=max_batch_size,
-        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images,
+        num_workers=num_workers, device=device, seed=seed, max_pr_images=max_pr_images, pr_subset=pr_subset,
         overwrite=overwrite))
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')

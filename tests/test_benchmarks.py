@@ -53,7 +53,8 @@ def test_quick_run_writes_all_sections(tmp_path):
 
     assert fd['factorization'] == ['cholesky', 'cholesky']
     assert fd['rank_deficient']['ours_rel_err_vs_exact'] < 1e-9  # singular covariances: eigh branch, still exact
-    assert fd['eigenvalue_route']['rel_err_vs_exact'] < 1e-9 and fd['singular_values_only_s'] > 0
+    assert fd['rank_deficient']['rank'] == 31 and fd['self_ours'] == 0.0  # null space dropped; a set against itself: 0
+    assert [c['threads'] for c in fd['comparisons']][0] == 1 and all(c['peer_s_min'] > 0 for c in fd['comparisons'])
     assert pipe['stages_s']['sampling'] > 0  # dump_zip's own timing, returned by generate_zip
 
     features = result['features']['rows']

@@ -230,10 +230,16 @@ def test_ref_then_calc_of_same_set_is_zero(cache, tmp_path, image_dir, image_zip
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_zip, '--ref', str(dest),
                                                  '--num', '12', '--batch', '4', '--workers', '0'])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert [line.split(' = ')[0] for line in lines] == ['fid', 'fd_dinov2']
-    for line in lines:
-        assert abs(float(line.split(' = ')[1])) < 1e-9
+    # The same images batched differently (sums in another order): the statistics differ by round-off,
+    # and a distance within its round-off bound of zero is printed and written as 0, never -4.5e-13.
+    assert result.stdout.strip().splitlines() == ['fid = 0', 'fd_dinov2 = 0']
+    results = tmp_path / 'results'
+    gi = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_zip, '--ref_path', str(dest), '--results_dir', str(results),
+                                           '--batch_size', '7'])
+    assert gi.exit_code == 0, gi.output
+    assert gi.stdout.strip().splitlines()[-1] == 'FID = 0.00'
+    record = json.loads((results / 'fid.jsonl').read_text())
+    assert record['fid'] == 0.0 and str(record['fid']) == '0.0'
 
 def test_calc_on_directory_matches_independent_fd(cache, image_dir, images, other_ref):
     ref_path, ref_feats = other_ref
@@ -499,7 +505,27 @@ def test_a_bad_reference_is_one_line_before_the_feature_pass(cache, tmp_path, im
     path.write_bytes(pickle.dumps({'fid': {'mu': np.full(15, np.nan), 'sigma': np.eye(15)}}))
     monkeypatch.setattr(pipeline, 'compute_accumulators_for_images', lambda *a, **k: pytest.fail('feature pass started'))
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path)])
-    assert_one_line_error(result, str(path), 'mu has 15 non-finite')
+    assert_one_line_error(result, str(path), 'mu has 15 NaN values (every value)')
+
+@pytest.mark.parametrize('fill, message', [('all', 'has 80 NaN values (every value)'), ('one', 'has 1 NaN value;')])
+def test_nan_precision_recall_reference_features_are_named_with_the_file(cache, tmp_path, image_dir, monkeypatch, fill, message):
+    # Today's message for all-NaN features was a float16-range complaint without the file; NaN is named,
+    # with the file and the metric, before any feature pass (the gi form reads the same reference).
+    from edmguide.metrics import pipeline
+    features = np.ones((5, 16), np.float16)
+    if fill == 'all':
+        features[:] = np.nan
+    else:
+        features[2, 3] = np.nan
+    path = tmp_path / 'nan-pr.pkl'
+    path.write_bytes(pickle.dumps({'num_images': 5, 'pr': {'features': features}}))
+    monkeypatch.setattr(pipeline, 'compute_accumulators_for_images', lambda *a, **k: pytest.fail('feature pass started'))
+    result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', str(path), '--metrics', 'pr',
+                                                 '--num', '12'])
+    assert_one_line_error(result, f'{path}: "pr" reference features', message)
+    gi = invoke(calculate_metrics.gi_cli, ['--gen_zip', image_dir, '--ref_path', str(path), '--metric', 'pr',
+                                           '--results_dir', str(tmp_path / 'results')])
+    assert_one_line_error(gi, str(path), message)
 
 def test_a_full_disk_is_named_with_the_path(tmp_path, capsys):
     from edmguide.errors import run_cli
@@ -577,11 +603,30 @@ def test_ref_stores_pr_features_and_calc_reports_precision_and_recall(cache, tmp
     record = json.loads((results / 'pr.jsonl').read_text())
     assert list(record) == ['gen_zip', 'precision', 'recall', 'num_gen_images'] and record['num_gen_images'] == 12
 
-def test_ref_keeps_a_seeded_subset_for_pr_and_all_images_for_fid(cache, tmp_path, image_dir, images):
+def test_ref_keeps_the_first_images_in_file_order_for_pr_by_default_as_pr50k3(cache, tmp_path, image_dir, images):
+    # pr50k3's real set is the first 200k dataset items in order, not a random draw: by default `ref`
+    # stores the features of the first --pr_num files (sorted names, as the image reader orders them).
+    dest = tmp_path / 'ref.pkl'
+    result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest), '--metrics', 'fid,pr',
+                                                 '--pr_num', '5', '--seed', '3', '--workers', '0', '--batch', '2'])
+    assert result.exit_code == 0, result.output
+    ref = pickle.loads(dest.read_bytes())
+    assert ref['num_images'] == 12
+    names = sorted(os.listdir(image_dir))
+    assert names == sorted(names, key=lambda n: int(n.split('.')[0])) # files 0..11 sort in image order
+    from edmguide.metrics.image_files import select_subset
+    assert list(select_subset(12, 5, seed=3)) != list(range(5)) # the seeded draw would store other images
+    first = hm.fake_vgg16_features(nchw(images[:5])).numpy().astype(np.float16)
+    np.testing.assert_array_equal(ref['pr']['features'], first)
+    bad = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(tmp_path / 'x.pkl'),
+                                              '--metrics', 'pr', '--pr_subset', 'shuffled'])
+    assert bad.exit_code != 0 and not (tmp_path / 'x.pkl').exists()
+
+def test_ref_keeps_a_seeded_subset_for_pr_when_asked_and_all_images_for_fid(cache, tmp_path, image_dir, images):
     from edmguide.metrics.image_files import select_subset
     dest = tmp_path / 'ref.pkl'
     result = invoke(calculate_metrics.edm2_cli, ['ref', '--data', image_dir, '--dest', str(dest), '--metrics', 'fid,pr',
-                                                 '--pr_num', '5', '--seed', '3', '--workers', '0'])
+                                                 '--pr_num', '5', '--pr_subset', 'random', '--seed', '3', '--workers', '0'])
     assert result.exit_code == 0, result.output
     ref = pickle.loads(dest.read_bytes())
     assert ref['num_images'] == 12

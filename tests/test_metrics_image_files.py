@@ -95,3 +95,10 @@ def test_zip_reads_correctly_through_forked_dataloader_workers(tmp_path):
         assert not error, error
         seen += [img.permute(1, 2, 0).numpy() for img in images]
     assert len(seen) == 48 and all(np.array_equal(s, a) for s, a in zip(seen, arrays))
+
+def test_first_subset_takes_the_first_items_in_order_and_unknown_kinds_are_refused():
+    from edmguide.metrics.image_files import select_subset
+    np.testing.assert_array_equal(select_subset(10, 4, seed=5, subset='first'), np.arange(4))
+    np.testing.assert_array_equal(select_subset(3, 4, subset='first'), np.arange(3)) # fewer than asked: all
+    with pytest.raises(ValueError, match='subset must be one of'):
+        select_subset(10, 4, subset='shuffled')

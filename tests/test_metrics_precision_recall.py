@@ -143,3 +143,11 @@ def test_two_ranks_gather_in_order_and_give_the_single_process_result(tmp_path):
         assert saved['result'] == single
 
 #----------------------------------------------------------------------------
+
+def test_nan_features_are_named_as_nan_not_as_a_float16_range_problem():
+    with pytest.raises(UserError, match=r'generated features hold 8 NaN values \(every value\)'):
+        pr.check_float16_range(torch.full((4, 2), float('nan'), dtype=torch.float16), 'generated')
+    features = torch.ones((4, 2), dtype=torch.float16)
+    features[1, 1] = float('nan')
+    with pytest.raises(UserError, match='reference features hold 1 NaN value$'):
+        pr.check_float16_range(features, 'reference')

@@ -89,8 +89,8 @@ def _psd(d, seed=0):
     return a @ a.T
 
 @pytest.mark.parametrize('mu, sigma, match', [
-    (np.array([0.0, np.nan, 1.0]), _psd(3), 'mu has 1 non-finite'),
-    (np.zeros(3), np.where(np.eye(3) > 0, np.inf, 0.0), 'sigma has 3 non-finite'),
+    (np.array([0.0, np.nan, 1.0]), _psd(3), 'mu has 1 NaN value'),
+    (np.zeros(3), np.where(np.eye(3) > 0, np.inf, 0.0), 'sigma has 3 infinite values'),
     (np.zeros(3), np.zeros((3, 2)), 'malformed'),
     (np.zeros(3), _psd(4), 'malformed'),  # square, but not of mu's size
     (np.zeros(3), _psd(3) + np.triu(np.full((3, 3), 1e-4), 1), 'not symmetric'),
@@ -172,3 +172,21 @@ def test_state_dict_round_trip_continues_the_same_sums():
     empty = stats.FeatureStats()
     empty.load_state_dict(stats.FeatureStats().state_dict())
     assert empty.num == 0 and empty.sum is None
+
+@pytest.mark.parametrize('values, message', [
+    ([np.nan] * 6, 'has 6 NaN values (every value)'),
+    ([1, 2, np.inf, np.nan, 0, 0], 'has 1 NaN value and 1 infinite value;'),
+])
+def test_non_finite_precision_recall_features_are_named(values, message):
+    entry = {'features': np.array(values, np.float16).reshape(3, 2)}
+    with pytest.raises(UserError) as info:
+        stats.check_features_entry(entry, 'pr', 'ref.pkl')
+    assert str(info.value).startswith('ref.pkl: "pr" reference features') and message in str(info.value)
+    stats.check_features_entry({'features': np.ones((3, 2), np.float16)}, 'pr', 'ref.pkl') # finite: accepted
+
+def test_a_loaded_reference_is_read_only(tmp_path):
+    # The Fréchet distance keeps the factor of a read-only sigma for the run: nothing may change it after.
+    a = np.random.default_rng(0).standard_normal((4, 6))
+    ref = stats.load_reference(_ref_file(tmp_path, np.zeros(4), a @ a.T))
+    with pytest.raises(ValueError):
+        ref['fid']['sigma'][0, 0] = 1.0

@@ -55,10 +55,18 @@ def _decode(data_file, name):
         raise ValueError(f'pixels are {image.dtype}, expected 8-bit (uint8)')
     return image
 
-def select_subset(num_total, max_size=None, seed=0):
-    """Indices of the images to use: all, or `max_size` of them drawn as upstream (sorted)."""
+SUBSETS = ('random', 'first')
+
+def select_subset(num_total, max_size=None, seed=0, subset='random'):
+    """Indices of the images to use: all, or `max_size` of them: `subset='random'` draws them as
+    upstream EDM2's dataset does (seeded shuffle, then sorted), `'first'` takes the first `max_size`
+    in file order (StyleGAN's pr50k3 real set: the first 200k dataset items, no shuffle)."""
+    if subset not in SUBSETS:
+        raise ValueError(f'subset must be one of {SUBSETS}, got {subset!r}')
     indices = np.arange(num_total)
     if max_size is not None and num_total > max_size:
+        if subset == 'first':
+            return indices[:max_size]
         np.random.RandomState(seed % (1 << 31)).shuffle(indices)
         indices = np.sort(indices[:max_size])
     return indices
@@ -70,7 +78,7 @@ class ImageFiles(torch.utils.data.Dataset):
     that they reach the main process as one clean line even from DataLoader workers.
     """
 
-    def __init__(self, path, max_size=None, seed=0):
+    def __init__(self, path, max_size=None, seed=0, subset='random'):
         self.path = os.fspath(path)
         if os.path.isdir(self.path):
             self._kind = 'dir'
@@ -92,7 +100,7 @@ class ImageFiles(torch.utils.data.Dataset):
         if not all_names:
             raise UserError(f'{self.path}: no image files found')
         self.num_found = len(all_names)
-        self.names = [all_names[i] for i in select_subset(len(all_names), max_size, seed)]
+        self.names = [all_names[i] for i in select_subset(len(all_names), max_size, seed, subset)]
         self._zip = None
         self._zip_pid = None
         first, error = self.load(0)

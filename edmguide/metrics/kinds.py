@@ -40,7 +40,10 @@ def frechet_entry_results(name, mu, sigma, entry, path='reference'):
     mu = np.asarray(mu)
     if mu.shape != (dim,):
         raise UserError(f'{path}: "{name}" reference has {dim} features, but the images gave {mu.shape[0]}')
-    return {name: frechet_distance(mu, sigma, entry['mu'], entry['sigma'])}
+    try:
+        return {name: frechet_distance(mu, sigma, entry['mu'], entry['sigma'])}
+    except ValueError as exc:  # e.g. negative beyond round-off: never printed nor written as a result
+        raise UserError(f'{name} against {path}: {exc}; nothing was written') from None
 
 def _frechet_results(name, acc, entry, *, path='reference', device=None):
     del device
@@ -57,6 +60,7 @@ def _pr_dim(ref, name, path):
     if features.ndim != 2 or features.shape[0] <= precision_recall.NHOOD_SIZE:
         raise UserError(f'{path}: "{name}" features are malformed (shape {list(features.shape)}; '
                         f'need [N, D] with N > {precision_recall.NHOOD_SIZE})')
+    stats_lib.check_features_entry(ref[name], name, path)
     return features.shape[1]
 
 def _pr_entry(acc):

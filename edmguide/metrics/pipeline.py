@@ -20,7 +20,7 @@ from edmguide.errors import UserError, with_path
 from edmguide.generation import pick_device
 from edmguide.guidance import check_weight
 from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_lib
-from edmguide.metrics.image_files import ImageFiles, collate_images
+from edmguide.metrics.image_files import SUBSETS, ImageFiles, collate_images
 from edmguide.outputs import check_output_dir, check_output_file, check_replaceable
 from edmguide.progress import progress_bar
 from edmguide.schedule import SamplerOptions
@@ -236,10 +236,10 @@ def iter_image_file_batches(dataset, max_batch_size=64, num_workers=2, rank=0, w
 
 def compute_accumulators_for_images(image_path, metrics, *, max_size=None, seed=0, max_batch_size=64,
                                     num_workers=2, device=None, detector_kwargs=None, dets=None,
-                                    expected_dims=None, min_images=2, progress=True):
-    """Accumulators of an image directory/zip (all images, or a seeded subset of `max_size`);
-    returns ({metric: accumulator}, number of images)."""
-    dataset = ImageFiles(image_path, max_size=max_size, seed=seed)
+                                    expected_dims=None, min_images=2, progress=True, subset='random'):
+    """Accumulators of an image directory/zip (all images, or `max_size` of them: a seeded subset,
+    or with `subset='first'` the first ones in file order); returns ({metric: accumulator}, number of images)."""
+    dataset = ImageFiles(image_path, max_size=max_size, seed=seed, subset=subset)
     if max_size is not None and dataset.num_found < max_size:
         if dataset.num_found < min_images:  # no --num would do: say what the set lacks
             raise UserError(f'{image_path}: Found {dataset.num_found} images, but need at least {min_images}')
@@ -377,14 +377,18 @@ def calc_metrics_for_images(image_path, ref_path, metrics=None, *, num_images=50
 
 def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_size=64,
                    num_workers=2, device=None, progress=True, seed=0, max_pr_images=precision_recall.MAX_REAL,
-                   overwrite=False):
+                   overwrite=False, pr_subset='first'):
     """EDM2 `ref`: statistics of all images, pickled atomically to `dest_path` (rank 0 writes).
 
     An existing `dest_path` is replaced only with `overwrite`, and never when it is the image set itself.
 
-    Precision/recall metrics store their features instead, of at most `max_pr_images` images (a
-    subset drawn with `seed` as `calc` draws one); if the set is larger, they get a pass of their own.
+    Precision/recall metrics store their features instead, of at most `max_pr_images` images: the
+    first ones in file order (`pr_subset='first'`, as pr50k3 takes the first 200k dataset items), or
+    with `pr_subset='random'` a subset drawn with `seed` as `calc` draws one; if the set is larger,
+    they get a pass of their own.
     """
+    if pr_subset not in SUBSETS:
+        raise UserError(f'--pr_subset must be one of {", ".join(SUBSETS)}, got "{pr_subset}"')
     metrics = kinds.metric_list(metrics)
     device = pick_device(device, note=False)
     check_output_file(dest_path, '--dest')  # before the feature pass, not after it
@@ -397,7 +401,7 @@ def make_reference(image_path, dest_path, metrics=DEFAULT_METRICS, *, max_batch_
     out = {}
     for max_size, names in passes:
         if names:
-            stats = compute_stats_for_images(image_path, names, max_size=max_size, seed=seed,
+            stats = compute_stats_for_images(image_path, names, max_size=max_size, seed=seed, subset=pr_subset,
                                              max_batch_size=max_batch_size, num_workers=num_workers,
                                              device=device, min_images=min_images, progress=progress)
             out = {**stats, **out} # num_images of the all-images pass wins

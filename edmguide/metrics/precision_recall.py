@@ -85,8 +85,12 @@ def check_float16_range(features, what='the'):
     beyond it distances become inf/nan and the shares meaningless, so that is a UserError."""
     if features.shape[0] == 0:
         return
+    nan = int(torch.isnan(features).sum())
+    if nan:
+        every = ' (every value)' if nan == features.numel() else ''
+        raise UserError(f'precision/recall: {what} features hold {nan} NaN value{"s" if nan != 1 else ""}{every}')
     squared = features.to(torch.float32).square().sum(dim=1).max().item()
-    if not squared < FLOAT16_MAX: # also catches nan
+    if not squared < FLOAT16_MAX:
         raise UserError(f'precision/recall: {what} features have squared norms up to {squared:.6g}, beyond the '
                         f'float16 range ({FLOAT16_MAX:g}) in which distances are computed; scale the detector\'s features')
 

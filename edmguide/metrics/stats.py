@@ -23,6 +23,7 @@ import dnnlib
 from edmguide.errors import UserError
 from edmguide.images import atomic_write
 from edmguide.loading import load_pickle
+from edmguide.metrics import frechet
 
 #----------------------------------------------------------------------------
 # Accumulating statistics.
@@ -122,8 +123,16 @@ def load_reference(path_or_url):
         if not is_reference_entry(entry):
             raise UserError(f'{name}: entry "{metric}" has no "mu"/"sigma" arrays (nor "features")')
         if 'mu' in entry or 'sigma' in entry:
+            _read_only(entry)
             check_frechet_entry(entry, metric, name)
     return ref
+
+def _read_only(entry):
+    """Make a loaded entry's arrays read-only: nothing may change a reference, and the Fréchet
+    distance keeps the factor of a read-only sigma for the whole run."""
+    for key in ('mu', 'sigma'):
+        if isinstance(entry.get(key), np.ndarray):
+            entry[key].setflags(write=False)
 
 def is_reference_entry(value):
     """A metric's entry: Fréchet statistics {'mu', 'sigma'} or precision/recall {'features'}."""
@@ -140,31 +149,54 @@ def _frechet_arrays(entry, name, path):
     return mu, sigma
 
 SYMMETRY_RTOL = 1e-6  # |sigma - sigma^T| relative to the largest |sigma|
-PSD_RTOL = 1e-6       # smallest eigenvalue relative to the largest
+PSD_RTOL = frechet.PSD_RTOL  # smallest eigenvalue relative to the largest
+
+def _non_finite_message(label, array):
+    """'<label> has 3 NaN values' / '... 2 infinite values' / both: what is wrong, by name."""
+    nan = int(np.count_nonzero(np.isnan(array)))
+    inf = int(np.count_nonzero(np.isinf(array)))
+    parts = [f'{count} {what} value{"s" if count != 1 else ""}' for count, what in ((nan, 'NaN'), (inf, 'infinite')) if count]
+    every = ' (every value)' if nan + inf == array.size else ''
+    return f'{label} has {" and ".join(parts)}{every}'
 
 def check_frechet_entry(entry, name, path='reference'):
-    """Refuse mu/sigma statistics that cannot give a meaningful Fréchet distance: non-numeric or
-    non-finite values, sigma not square of mu's size, not symmetric (to a relative 1e-6), or not
-    positive semi-definite within round-off (smallest eigenvalue >= -1e-6 of the largest)."""
+    """Refuse mu/sigma statistics that cannot give a meaningful Fréchet distance: non-numeric,
+    NaN or infinite values, sigma not square of mu's size, not symmetric (to a relative 1e-6), or not
+    positive semi-definite within round-off (smallest eigenvalue >= -1e-6 of the largest).
+
+    The positive semi-definite check is the factorisation the distance needs
+    (`frechet.cached_covariance_factor`): a Cholesky factor proves it, and an eigendecomposition
+    (singular covariances) gives the eigenvalues; the factor is kept for the distances of this run."""
     mu, sigma = _frechet_arrays(entry, name, path)
     where = f'{path}: "{name}" statistics'
     for label, array in (('mu', mu), ('sigma', sigma)):
         if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
             raise UserError(f'{where}: {label} holds {array.dtype} values, not numbers')
         if not np.isfinite(array).all():
-            raise UserError(f'{where}: {label} has {int(np.sum(~np.isfinite(array)))} non-finite values (NaN or infinity)')
-    sigma = sigma.astype(np.float64)
+            raise UserError(f'{where}: {_non_finite_message(label, array)}')
     scale = float(np.abs(sigma).max()) if sigma.size else 0.0
     asymmetry = float(np.abs(sigma - sigma.T).max()) if sigma.size else 0.0
     if asymmetry > SYMMETRY_RTOL * scale:
         raise UserError(f'{where}: sigma is not symmetric (largest |sigma - sigma^T| is {asymmetry:.3g}, '
                         f'{asymmetry / scale:.3g} of the largest entry)')
-    if sigma.size:
-        eigenvalues = np.linalg.eigvalsh((sigma + sigma.T) / 2)
-        lowest, highest = float(eigenvalues[0]), float(eigenvalues[-1])
-        if lowest < -PSD_RTOL * max(highest, 0.0) or highest < 0:
-            raise UserError(f'{where}: sigma is not a covariance matrix (not positive semi-definite: '
-                            f'eigenvalues from {lowest:.6g} to {highest:.6g})')
+    try:
+        frechet.cached_covariance_factor(entry['sigma'])
+    except frechet.NotPositiveSemidefinite as exc:
+        raise UserError(f'{where}: sigma is not a covariance matrix (not positive semi-definite: '
+                        f'eigenvalues from {exc.lowest:.6g} to {exc.highest:.6g})') from None
+
+def check_features_entry(entry, name, path='reference'):
+    """Refuse precision/recall reference features that are not a numeric [N, D] array or hold NaN or
+    infinite values (checked in row blocks: the features can be gigabytes)."""
+    features = np.asarray(entry['features'])
+    where = f'{path}: "{name}" reference features'
+    if not (np.issubdtype(features.dtype, np.floating) or np.issubdtype(features.dtype, np.integer)):
+        raise UserError(f'{where} hold {features.dtype} values, not numbers')
+    if np.issubdtype(features.dtype, np.floating):
+        rows = max(1, (1 << 24) // max(int(np.prod(features.shape[1:])), 1)) # ~16M values per block
+        if not all(np.isfinite(features[i:i + rows]).all() for i in range(0, len(features), rows)):
+            raise UserError(f'{where}: {_non_finite_message("the array", features)}; remake the reference '
+                            f'(python calculate_metrics.py ref --metrics={name})')
 
 def reference_metrics(ref):
     """Names of the metrics a reference holds statistics for."""
