@@ -368,12 +368,14 @@ def test_dit_schedule_resolves_intervals_as_dit_guidance():
         assert schedule.levels == tuple(dit.step_sigmas(mapping).tolist())
         assert schedule.weights(schedule.guidance(2.5, dit.DEFAULT_INTERVAL)) == \
             dit.step_weights(dit.dit_guidance(2.5, mapping=mapping), mapping)
-        assert schedule.guided_steps(schedule.guidance(1.5, Interval())) == list(range(250))
-        assert schedule.guided_steps(schedule.guidance(1.5)) == list(range(250))
-        assert schedule.guided_steps(schedule.guidance(3.0, Interval.of_steps(10, 20))) == list(range(10, 21))
+        assert schedule.guided_step_list(schedule.guidance(1.5, Interval())) == list(range(250))
+        assert schedule.guided_step_list(schedule.guidance(1.5)) == list(range(250))
+        assert schedule.guided_step_list(schedule.guidance(3.0, Interval.of_steps(10, 20))) == list(range(10, 21))
         assert schedule.weights(schedule.guidance(1, dit.DEFAULT_INTERVAL)) == (1.0,) * 250
     schedule = dit.DiTOptions().schedule()
-    assert len(schedule.guided_steps(schedule.guidance(2.5, dit.DEFAULT_INTERVAL))) == 75
+    assert len(schedule.guided_step_list(schedule.guidance(2.5, dit.DEFAULT_INTERVAL))) == 75
+    assert schedule.guided_steps(schedule.guidance(2.5, dit.DEFAULT_INTERVAL)) == (124, 198)
+    assert schedule.guided_steps(None) is None
     with pytest.raises(UserError, match='guides none') as exc:
         dit.DiTOptions(mapping='model').schedule().guidance(2.5, Interval.of_sigma(200, 300))
     assert '\n' not in str(exc.value)

@@ -525,7 +525,12 @@ class DiTSchedule:
         return step_weights(guidance, self.options.mapping, self.num_steps)
 
     def guided_steps(self, guidance):
-        """Indices of the guided steps (sampling order)."""
+        """(first, last) guided step, or None if it guides none (as `Schedule.guided_steps`)."""
+        found = self.guided_step_list(guidance)
+        return (found[0], found[-1]) if found else None
+
+    def guided_step_list(self, guidance):
+        """Indices of every guided step (sampling order)."""
         return guided_steps(guidance, self.options.mapping, self.num_steps)
 
     def check_branches(self, branches):

@@ -65,7 +65,7 @@ def load_dit_models(model, *, vae=DEFAULT_VAE, embedding='dit', device=None):
 def describe(guidance, schedule):
     """'w = 2.5 on steps [124, 198] (75 of 250 steps; sigma (0.34, 1.02] under the paper mapping)'."""
     mapping = schedule.options.mapping
-    steps = schedule.guided_steps(guidance)
+    steps = schedule.guided_step_list(guidance)
     if not steps:
         return 'no guidance (250 conditional evaluations per image)'
     weights = sorted({w for w in schedule.weights(guidance) if w != 1})
@@ -78,7 +78,7 @@ def describe(guidance, schedule):
 
 
 def evaluations_line(guidance, schedule):
-    guided = len(schedule.guided_steps(guidance))
+    guided = len(schedule.guided_step_list(guidance))
     n = schedule.num_steps
     return f'evaluations per image: {n} conditional + {guided} unconditional = {n + guided}'
 
@@ -198,7 +198,7 @@ def render_dit_comparison(model, outdir, *, classes, seeds, options=None, embedd
                                           rank=0, world_size=1, sync=False):
         for row, images in zip(tiles, batch.images):
             row += [imagelib.to_hwc_uint8(img) for img in images]
-    labels = [f'{label}: {len(schedule.guided_steps(g))} guided steps' for label, g in rows]
+    labels = [f'{label}: {len(schedule.guided_step_list(g))} guided steps' for label, g in rows]
     grid = layout_comparison(tiles, labels, scale=scale, column_headers=([f'class {c}' for c in classes],
                                                                           [f'seed {s}' for s in column_seeds]),
                              group_size=len(seeds))
@@ -267,14 +267,14 @@ def generate_dit_zip(model, zip_dir='./results', *, num_images=50000, seed=0, ba
     weights = schedule.guidance(guidance, _interval(interval))
     check_output_dir(zip_dir, '--zip_dir')
     mapping = schedule.options.mapping
-    every_step = len(schedule.guided_steps(weights)) in (0, schedule.num_steps)
+    every_step = len(schedule.guided_step_list(weights)) in (0, schedule.num_steps)
     method = 'cfg' if every_step else ('gi' if mapping == dit.DEFAULT_MAPPING else f'gi-{mapping}')
     stem = str(model)[:-3] if str(model).endswith('.pt') else str(model)
     zip_path = os.path.join(zip_dir, zip_file_name(stem, seed, num_images, 1.0 if guidance is None else guidance,
                                                    method))
     inputs, names = _input_record(model, vae)
     settings = dict(inputs=inputs, **names, dit_embedding=embedding, guidance=weights.as_data(),
-                    guided_steps=schedule.guided_steps(weights), **schedule.options.as_record())
+                    guided_steps=schedule.guided_step_list(weights), **schedule.options.as_record())
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
     dist.print0(f'Generating {num_images} images to "{zip_path}" with DiT\'s {schedule.num_steps}-step sampler: '
                 f'{describe(weights, schedule)}; {evaluations_line(weights, schedule)}')
