@@ -17,7 +17,7 @@ needs a reference made by `ref --metrics=pr`, which stores the reference feature
 from the dnnlib cache (Inception and VGG-16 pickles) and torch hub (DINOv2), downloaded on first use.
 """
 
-from edmguide import threads
+from edmguide.util import threads
 
 threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
@@ -25,9 +25,9 @@ import sys  # noqa: E402
 
 import click  # noqa: E402
 
-from edmguide import cli  # noqa: E402
-from edmguide.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.jobs.cli import NUMERICS_HELP, PICKLE_NOTE, parse_guidance_options, sampler_options  # noqa: E402
+from edmguide.util.errors import UserError, run_cli  # noqa: E402
 
 SUBCOMMANDS = ('calc', 'gen', 'ref', 'sweep')
 SWEEP_EPILOG = ('Writes sweep.jsonl, sweep.md and PNG plots to --outdir; rerunning the same command resumes '
@@ -217,7 +217,7 @@ def sweep(mode, sampler, **kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
     if kwargs['net_path'] is None:
         raise click.UsageError("Missing option '--net'.")
-    from edmguide import sweep as sweep_lib
+    from edmguide.sweeps import sweep as sweep_lib
     from torch_utils import distributed as dist
     _init_distributed()
     lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')),

@@ -16,7 +16,7 @@ Three ways to call it (the first two are upstream command lines, unchanged):
                              --class=LIST reproduces DiT's sample.py; --figs=comparison the Table 1 grid
 """
 
-from edmguide import threads
+from edmguide.util import threads
 
 threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
@@ -24,9 +24,9 @@ import os  # noqa: E402
 
 import click  # noqa: E402
 
-from edmguide import cli  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
-from edmguide.outputs import check_output_dir, claim_image_folder  # noqa: E402
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import UserError, run_cli  # noqa: E402
+from edmguide.util.outputs import check_output_dir, claim_image_folder  # noqa: E402
 
 
 def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler):
@@ -50,10 +50,12 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     `outdir` records the settings that made its images (`outputs.claim_image_folder`): a rerun
     with the same settings rewrites its seeds (identically), other settings are refused unless
     `overwrite`, which deletes the folder's seed images first."""
-    from edmguide import images as imagelib, loading, seeds as seedlib
-    from edmguide.generation import generate_batches, pick_device, resolve_guidance
-    from edmguide.progress import progress_bar
-    from edmguide.schedule import SamplerOptions
+    from edmguide.util import images as imagelib
+    from edmguide.nets import loading
+    from edmguide.sampler import seeds as seedlib
+    from edmguide.jobs.generation import generate_batches, pick_device, resolve_guidance
+    from edmguide.util.progress import progress_bar
+    from edmguide.sampler.schedule import SamplerOptions
     from torch_utils import distributed as dist
     sampler = sampler or SamplerOptions()
     sampler.check_guidance(guidance, interval, '--guidance')
@@ -92,9 +94,10 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
 
 def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', device=None, verbose=False):
     """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
-    from edmguide import figures, loading
-    from edmguide.generation import pick_device
-    from edmguide.progress import progress_bar
+    from edmguide.jobs import figures
+    from edmguide.nets import loading
+    from edmguide.jobs.generation import pick_device
+    from edmguide.util.progress import progress_bar
     names = figures.parse_figure_names(figs)
     device = pick_device(device)
     check_output_dir(results_dir, '--results_dir')
@@ -112,10 +115,12 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
 
 def generate_demo(outdir, device=None, seeds=None, classes=None):
     """The embedded demo: a labelled grid comparing the guidance methods on the digits models."""
-    from edmguide import figures, loading, presets
-    from edmguide.generation import pick_device
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
+    from edmguide.jobs import figures
+    from edmguide.nets import loading
+    from edmguide.nets import presets
+    from edmguide.jobs.generation import pick_device
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
     seeds = list(presets.DEMO_SEEDS if seeds is None else seeds)
     classes = list(presets.DEMO_CLASSES if classes is None else classes)
     device = pick_device(device or 'cpu')
@@ -144,9 +149,9 @@ def generate_sdxl(model, prompt, outdir, *, negative_prompt='', guidance=None, i
                   seeds=range(4), max_batch_size=4, device=None, verbose=False, empty_negative='zeros'):
     """SD-XL seed mode: `<seed:06d>.png` per seed; `sampler` defaults to the SD-XL sampler
     (`sdxl.default_options()`), and without an `interval` the guidance is the paper's (0.28, 5.42]
-    (steps 10..25 of 32). `empty_negative` ('zeros' or 'encode'): see edmguide.sdxl."""
-    from edmguide import sdxl
-    from edmguide.generation import pick_device
+    (steps 10..25 of 32). `empty_negative` ('zeros' or 'encode'): see edmguide.models.sdxl."""
+    from edmguide.models import sdxl
+    from edmguide.jobs.generation import pick_device
     sampler = sampler or sdxl.default_options()
     weight = sdxl.DEFAULT_GUIDANCE if guidance is None else guidance
     sampler.check_guidance(weight, interval, '--guidance')
@@ -170,10 +175,10 @@ def generate_sdxl_figures(model, figs, prompts, outdir, *, negative_prompt='', s
                           device=None, init_noise='sgm', empty_negative='zeros'):
     """The GI paper's SD-XL comparisons (`--figs=sdxl-fig6,sdxl-fig8-hi,sdxl-fig8-lo` or `all`) as
     labelled grids `<outdir>/<name>.png`: rows = guidance settings, columns = prompts x seeds."""
-    from edmguide import sdxl
-    from edmguide.generation import pick_device
+    from edmguide.models import sdxl
+    from edmguide.jobs.generation import pick_device
     names = sdxl.parse_figures(figs)
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.schedule import SamplerOptions
     SamplerOptions(init_noise=init_noise)  # checks the name before the model is loaded
     sdxl.check_empty_negative(empty_negative)
     device = pick_device(device)
@@ -196,7 +201,7 @@ def generate_dit(model, outdir, *, seeds, class_idx=None, guidance=None, interva
     """DiT mode: per-seed PNGs, DiT sample.py's batch (numerics 'dit') or the comparison grid
     (figs 'comparison'); `interval` a `guidance.Interval`, None (no guidance option given) for the
     paper's FID setting w = 2.5 on (0.34, 1.02]."""
-    from edmguide.generation import pick_device
+    from edmguide.jobs.generation import pick_device
     from edmguide.models import dit, dit_generation
     weight = dit.DEFAULT_GUIDANCE if guidance is None else guidance
     dit_options = dit.DiTOptions(mapping=dit_mapping, guide_channels=dit_guide_channels,
@@ -318,7 +323,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 raise UserError('--dit and --sdxl are two models: give one')
             if outdir is None:
                 raise UserError('--dit needs --outdir')
-            from edmguide.seeds import parse_seed_list
+            from edmguide.sampler.seeds import parse_seed_list
             if figs:
                 _refuse_unused(given, DIT_FIGURE_OPTIONS, '--dit --figs renders the Table 1 comparison grid')
             elif numerics == 'dit':
@@ -348,7 +353,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 raise UserError('--sdxl needs --prompt')
             if outdir is None:
                 raise UserError('--sdxl needs --outdir')
-            from edmguide.seeds import parse_seed_list
+            from edmguide.sampler.seeds import parse_seed_list
             if figs:
                 _refuse_unused(given, SDXL_FIGURE_OPTIONS, "--sdxl --figs renders the paper's SD-XL comparisons "
                                                            'with its sampler settings')
@@ -359,7 +364,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             _refuse_unused(given, SDXL_OPTIONS, '--sdxl runs the SD-XL model with a prompt')
             if len(prompt) > 1:
                 raise UserError('--prompt given more than once: only --figs takes several prompts')
-            from edmguide import sdxl as sdxl_lib
+            from edmguide.models import sdxl as sdxl_lib
             interval = (cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
                         if guidance_interval is not None or guidance_sigma is not None else None)
             fields = {k: getattr(sampler, k) for k in cli.SAMPLER_FIELDS if k in given}  # others: SD-XL defaults
@@ -379,8 +384,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
         if preset == 'demo' or (preset is None and net is None and not set(given) - set(DEMO_OPTIONS)):
             _refuse_unused(given, DEMO_OPTIONS, '--preset=demo renders the fixed comparison grid of the embedded demo')
             return generate_demo(outdir or 'out/demo', device=device)
-        from edmguide import presets
-        from edmguide.seeds import parse_seed_list
+        from edmguide.nets import presets
+        from edmguide.sampler.seeds import parse_seed_list
         from torch_utils import distributed as dist
         interval = cli.parse_guidance_options(guidance_interval, guidance_sigma, opts['guidance'])
         settings = dict(net=net, gnet=gnet, guidance=opts.pop('guidance'))
@@ -392,7 +397,7 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
                 if settings[key] is None:
                     settings[key] = chosen[key]
             if interval.kind == 'all' and chosen.get('guidance_interval'):
-                from edmguide.guidance import Interval
+                from edmguide.sampler.guidance import Interval
                 interval = Interval.of_steps(*chosen.guidance_interval)
         if settings['net'] is None:
             raise click.UsageError('Please specify either --preset or --net')

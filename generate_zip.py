@@ -9,7 +9,7 @@ DiT-XL/2 with DiT's own 250-step sampler (default: the paper's FID setting, w = 
     python generate_zip.py --dit=DiT-XL-2-512x512.pt --num_images=50000
 """
 
-from edmguide import threads
+from edmguide.util import threads
 
 threads.configure()  # before torch starts (it is imported lazily below, so --help stays fast)
 
@@ -17,8 +17,8 @@ import os  # noqa: E402
 
 import click  # noqa: E402
 
-from edmguide import cli  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import UserError, run_cli  # noqa: E402
 
 RESUME_HINT = 'rerun the same command to continue where it stopped (finished images are kept)'
 
@@ -35,12 +35,13 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     (which also discards an unfinished work folder of other settings).
     Returns dump_zip's statistics (images generated and skipped, seconds per stage) with the zip's
     path under 'path'."""
-    from edmguide import digests, loading
-    from edmguide.generation import pick_device, resolve_guidance
-    from edmguide.guidance import Interval, method_tag
-    from edmguide.outputs import check_output_dir
-    from edmguide.schedule import SamplerOptions
-    from edmguide.zipdump import dump_zip, zip_file_name
+    from edmguide.nets import digests
+    from edmguide.nets import loading
+    from edmguide.jobs.generation import pick_device, resolve_guidance
+    from edmguide.sampler.guidance import Interval, method_tag
+    from edmguide.util.outputs import check_output_dir
+    from edmguide.sampler.schedule import SamplerOptions
+    from edmguide.jobs.zipdump import dump_zip, zip_file_name
     from torch_utils import distributed as dist
     if num_images < 1:
         raise UserError('--num_images must be at least 1')
@@ -116,7 +117,7 @@ def main(guidance_interval, guidance_sigma, numerics, sampler, dit, dit_vae, dit
             if unused:
                 raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
             from edmguide.models import dit as ditlib, dit_generation
-            from edmguide.generation import pick_device
+            from edmguide.jobs.generation import pick_device
             from torch_utils import distributed as dist
             weight = kwargs['guidance_scale'] if 'guidance_scale' in given else ditlib.DEFAULT_GUIDANCE
             interval = (cli.parse_guidance_options(guidance_interval if interval_given else None, guidance_sigma,

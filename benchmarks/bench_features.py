@@ -33,7 +33,7 @@ class StandInDetector(torch.nn.Module):
 
 
 def bench_features(cfg, device, log, tmpdir):
-    from edmguide.images import encode_png
+    from edmguide.util.images import encode_png
     from edmguide.metrics import detectors, pipeline, stats as stats_lib
     zip_path = os.path.join(tmpdir, 'features.zip')
     rng = np.random.default_rng(1)

@@ -172,7 +172,7 @@ def _err(exc):
 
 def _sample_set(denoiser, noise, labels, batch, device, **kw):
     """Final samples of every image, in batches, as uint8 (on the CPU)."""
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     out = []
     with torch.no_grad():
         for i in range(0, noise.shape[0], batch):
@@ -227,7 +227,7 @@ def _tiny_sdxl_unet(seed=0):
 
 
 def _sdxl_parity(cfg, device):
-    from edmguide import sdxl
+    from edmguide.models import sdxl
     unet = _tiny_sdxl_unet()
     gen = torch.Generator().manual_seed(1)
     cond = sdxl.Condition(embeds=torch.randn([1, 8, 48], generator=gen), pooled=torch.randn([1, 32], generator=gen),
@@ -327,8 +327,8 @@ def _flops_per_eval(net, device):
 
 
 def bench_throughput(cfg, device, log, budget, peak):
-    from edmguide import sampling
-    from edmguide.guidance import Interval
+    from edmguide.sampler import sampling
+    from edmguide.sampler.guidance import Interval
     steps, iv = cfg['steps'], tuple(cfg['interval'])
     w = GUIDANCE_WEIGHT
     rows = []
@@ -518,7 +518,7 @@ OPTIONS = [('channels_last', _ChannelsLast, False), ('TF32 (matmul + cuDNN)', _T
 
 
 def bench_options(cfg, device, log, budget):
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     net = build_net(cfg['net'], 31, device)
     batch, steps = cfg['batch'], cfg['steps']
     noise = seed_noise(range(batch), [net.img_channels, net.img_resolution, net.img_resolution]).to(device)

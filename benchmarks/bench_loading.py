@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Load time of a network: pickle vs `.safetensors` (issue 16), through `edmguide.loading.load_network`.
+"""Load time of a network: pickle vs `.safetensors` (issue 16), through `edmguide.nets.loading.load_network`.
 
     python benchmarks/bench_loading.py            # demo net + an img64-XXS-sized random EDM2 net (31M params)
     python benchmarks/bench_loading.py --quick    # demo net only, a few seconds
     python benchmarks/bench_loading.py --out benchmarks/results/loading-cpu.md
 
-Both files hold the same float16 weights (the safetensors one is made by `edmguide.convert`, with
+Both files hold the same float16 weights (the safetensors one is made by `edmguide.nets.convert`, with
 its verification). Loads alternate pickle / safetensors for `--repeats` rounds; the table gives
 medians of wall time and of process CPU time (on a shared machine wall time mostly measures the
 other users' load). Loads happen in one process, so the pickle's embedded source is executed only
@@ -27,7 +27,9 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 
 import dnnlib  # noqa: E402
-from edmguide import convert, loading, presets  # noqa: E402
+from edmguide.nets import convert  # noqa: E402
+from edmguide.nets import loading
+from edmguide.nets import presets
 from training import encoders, networks_edm2  # noqa: E402
 
 
@@ -103,7 +105,7 @@ def main():
     text = markdown(run(dnnlib.EasyDict(quick=args.quick), repeats=args.repeats))
     print(text)
     if args.out:
-        from edmguide.images import atomic_write
+        from edmguide.util.images import atomic_write
         atomic_write(args.out, text.encode('utf-8'))
 
 

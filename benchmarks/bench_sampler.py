@@ -11,8 +11,8 @@ ORDER = 10
 # 1. Sampler: time and evaluations per image for each guidance method.
 
 def bench_sampler(cfg, device, log):
-    from edmguide import sampling
-    from edmguide.guidance import GuidanceSchedule, Interval
+    from edmguide.sampler import sampling
+    from edmguide.sampler.guidance import GuidanceSchedule, Interval
     net = build_net(cfg['main'], 1, device)
     cfg_guide = build_net(cfg['cfg_guide'], 2, device)
     auto_guide = build_net(cfg['auto_guide'], 3, device)

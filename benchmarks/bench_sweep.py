@@ -25,7 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dnnlib  # noqa: E402
-from edmguide import loading, presets, sampling, sweep  # noqa: E402
+from edmguide.nets import loading  # noqa: E402
+from edmguide.nets import presets
+from edmguide.sampler import sampling
+from edmguide.sweeps import sweep
 
 FILES = presets.DEMO_FILES
 GRIDS = {

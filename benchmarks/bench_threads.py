@@ -3,7 +3,7 @@ competing process) and how fast the scripts answer `--help`.
 
 Every thread setting runs in a fresh process, because OpenMP reads its settings once at start:
 - "1 thread": OMP_NUM_THREADS=1;
-- "rule": what the scripts do (`edmguide.threads.configure()`: idle usable cores, passive OpenMP
+- "rule": what the scripts do (`edmguide.util.threads.configure()`: idle usable cores, passive OpenMP
   waits; it reads the 1-minute load average at start, so burners started just before it are
   only partly seen);
 - "all usable cores, passive waits": torch's thread count with passive waits only;
@@ -30,10 +30,11 @@ _CHILD = r'''
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 if {rule!r}:
-    from edmguide import threads
+    from edmguide.util import threads
     threads.configure()
 import torch
-from edmguide import loading, presets
+from edmguide.nets import loading
+from edmguide.nets import presets
 net, _ = loading.load_network(presets.DEMO_FILES.cond, 'cpu', want_encoder=False)
 x = torch.randn([{batch}, net.img_channels, net.img_resolution, net.img_resolution])
 sigma = torch.full([{batch}], 1.0)

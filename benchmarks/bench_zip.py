@@ -13,9 +13,10 @@ ORDER = 20
 def bench_pipeline(cases, device, log, tmpdir):
     import dnnlib
     import generate_zip as gz
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
-    from edmguide import images as imagelib, loading
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
+    from edmguide.util import images as imagelib
+    from edmguide.nets import loading
     from training.encoders import StandardRGBEncoder
     results = []
     for k, case in enumerate(cases):

@@ -5,7 +5,7 @@ for the guidance interval: the analogue of the guidance-interval paper's Fig. 4.
     python scripts/demo_precision_recall.py --num=500 --weights=1,1.5,2,2.5,3,4 --interval="[15, 21]" \
         --out=docs/demo-precision-recall.md --figure=docs/figures/demo_precision_recall.png
 
-One sweep (`edmguide.sweep`, the implementation behind `calculate_metrics.py sweep`) over weights x
+One sweep (`edmguide.sweeps.sweep`, the implementation behind `calculate_metrics.py sweep`) over weights x
 {all, interval} with the CFG guide, metrics fd_digits and pr_digits, every setting on the same seeds;
 the same numbers come from `calculate_metrics.py sweep --metrics=fd_digits,pr_digits`. The sweep's
 own report and checkpoints stay in --workdir, so an interrupted run continues when rerun.
@@ -18,9 +18,13 @@ import click
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
-from edmguide import cli  # noqa: E402
-from edmguide.errors import run_cli  # noqa: E402
+from edmguide.util import images as imagelib  # noqa: E402
+from edmguide.nets import loading
+from edmguide.nets import presets
+from edmguide.sweeps import sweep
+from edmguide.sweeps import sweep_report
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import run_cli  # noqa: E402
 from edmguide.metrics import stats as stats_lib  # noqa: E402
 
 METRICS = ['fd_digits', 'pr_digits']

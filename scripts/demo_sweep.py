@@ -3,7 +3,7 @@
 
     python scripts/demo_sweep.py --jobs=2
 
-Three sweeps of `edmguide.sweep` (one implementation, the one behind `calculate_metrics.py sweep`),
+Three sweeps of `edmguide.sweeps.sweep` (one implementation, the one behind `calculate_metrics.py sweep`),
 run in `--jobs` processes: FD_digits against w for CFG and the guidance interval (guide: the
 unconditional net), the same for autoguidance (guide: the bad net), and a heatmap over interval
 start/stop at one weight. Writes docs/demo-sweep.md and the PNGs in docs/figures/; the sweeps'
@@ -19,9 +19,13 @@ import click
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
-from edmguide import images as imagelib, loading, presets, sweep, sweep_report  # noqa: E402
-from edmguide import cli  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.util import images as imagelib  # noqa: E402
+from edmguide.nets import loading
+from edmguide.nets import presets
+from edmguide.sweeps import sweep
+from edmguide.sweeps import sweep_report
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import UserError, run_cli  # noqa: E402
 from edmguide.metrics import stats as stats_lib  # noqa: E402
 
 METRIC = 'fd_digits'

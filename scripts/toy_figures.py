@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edmguide import cli  # noqa: E402
-from edmguide.errors import UserError, run_cli  # noqa: E402
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import UserError, run_cli  # noqa: E402
 
 FIGURES = ('gi_1d', 'ag_2d')
 

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edmguide import cli  # noqa: E402
-from edmguide.errors import run_cli  # noqa: E402
+from edmguide.jobs import cli  # noqa: E402
+from edmguide.util.errors import run_cli  # noqa: E402
 
 WHATS = ['cond', 'uncond', 'bad', 'features', 'ref', 'convert', 'all']
 ORDER = ['features', 'ref', 'cond', 'uncond', 'bad', 'convert']
@@ -39,7 +39,7 @@ def train_demo(what, outdir, seed=0, threads=1, overwrite=False):
     """Produce the demo asset(s) `what` in `outdir`; existing files are replaced only with `overwrite`
     (checked for every step before the first one runs)."""
     from edmguide.demo import features, release, train
-    from edmguide.outputs import check_replaceable
+    from edmguide.util.outputs import check_replaceable
     torch.set_num_threads(threads)
     todo = ORDER if what == 'all' else [what]
     for item in todo:

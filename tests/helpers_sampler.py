@@ -2,7 +2,7 @@
 
 import torch
 
-from edmguide.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
 
 
 class ToyNet:
@@ -57,7 +57,7 @@ def one_hot(n, label_dim, cls, dtype=torch.float64):
 
 def schedule_of(net, mode='edm2', num_steps=32, dtype=None):
     """The sampler's Schedule for `net` with these options (the tensor and the resolved intervals)."""
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.schedule import SamplerOptions
     return SamplerOptions(num_steps=num_steps, mode=mode, dtype=dtype).schedule(net)
 
 

@@ -389,9 +389,10 @@ def test_gi_form_errors_append_nothing(cache, tmp_path, image_zip, other_ref):
 # gen: metrics of a network's samples, generated on the fly.
 
 def test_gen_matches_calc_on_the_same_generated_images(cache, tmp_path, tiny_pickles):
-    from edmguide import generation, loading
+    from edmguide.jobs import generation
+    from edmguide.nets import loading
     net, encoder = loading.load_network(tiny_pickles['cond'])
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.schedule import SamplerOptions
     schedule = SamplerOptions(num_steps=4).schedule(net)
     images = torch.cat([b.images for b in generation.generate_batches(net, encoder, range(3, 9), schedule)])
     folder = hm.write_image_dir(tmp_path / 'gen', images.permute(0, 2, 3, 1).numpy())
@@ -528,7 +529,7 @@ def test_nan_precision_recall_reference_features_are_named_with_the_file(cache, 
     assert_one_line_error(gi, str(path), message)
 
 def test_a_full_disk_is_named_with_the_path(tmp_path, capsys):
-    from edmguide.errors import run_cli
+    from edmguide.util.errors import run_cli
     from edmguide.metrics import pipeline
     if not os.path.exists('/dev/full'):
         pytest.skip('needs /dev/full')
@@ -544,7 +545,7 @@ def test_help_of_every_form_that_opens_a_pickle_says_it_runs_code():
 
 
 def test_errors_with_an_obvious_next_step_name_it(cache, image_dir, other_ref, monkeypatch):
-    from edmguide.errors import UserError
+    from edmguide.util.errors import UserError
     from edmguide.metrics import pipeline
     ref_path, _ = other_ref
     result = invoke(calculate_metrics.edm2_cli, ['calc', '--images', image_dir, '--ref', ref_path, '--workers', '0',

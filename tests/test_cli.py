@@ -1,4 +1,4 @@
-"""edmguide.cli and the scripts' first answers: --help without torch, option errors in one voice."""
+"""edmguide.jobs.cli and the scripts' first answers: --help without torch, option errors in one voice."""
 
 import subprocess
 import sys
@@ -36,7 +36,7 @@ def test_option_errors_are_error_lines():
 
 def test_ctrl_c_says_how_to_resume_where_resuming_exists(capsys):
     import generate_zip
-    from edmguide.errors import run_cli
+    from edmguide.util.errors import run_cli
 
     def interrupted():
         raise KeyboardInterrupt

@@ -15,9 +15,9 @@ import generate_images
 import generate_zip
 import helpers_metrics as hm
 from cli_helpers import assert_one_line_error, invoke, run_script
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule, check_weight
-from edmguide.schedule import SamplerOptions
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule, check_weight
+from edmguide.sampler.schedule import SamplerOptions
 
 #----------------------------------------------------------------------------
 # Guidance weights.

@@ -1,4 +1,4 @@
-"""edmguide/convert.py: pickle -> verified .safetensors, round trips, refusals, and bit-identical use."""
+"""edmguide/nets/convert.py: pickle -> verified .safetensors, round trips, refusals, and bit-identical use."""
 
 import os
 import pickle
@@ -14,8 +14,11 @@ import dnnlib
 import generate_images
 from cli_helpers import ROOT, assert_one_line_error, invoke, script_env
 from conftest import make_tiny_net, save_network_pickle
-from edmguide import convert, loading, presets, weights
-from edmguide.errors import UserError
+from edmguide.nets import convert
+from edmguide.nets import loading
+from edmguide.nets import presets
+from edmguide.nets import weights
+from edmguide.util.errors import UserError
 from training import encoders, networks_edm2
 
 #----------------------------------------------------------------------------
@@ -160,7 +163,7 @@ def test_pickle_with_code_converts_only_on_request_and_its_safetensors_never_run
     marker.unlink()
     st = tmp_path / 'evil.safetensors'
     code = _child_forbidding_pickle(f'''
-        from edmguide import convert
+        from edmguide.nets import convert
         convert.convert({str(pkl)!r}, {str(st)!r})
     ''', forbid=False)
     assert code.returncode == 0, code.stderr
@@ -290,7 +293,7 @@ def test_known_upstream_text_is_recognised_by_its_normalised_digest(tmp_path, ca
     """NVIDIA's files are not part of this project, so a stand-in text plays the released file: its
     digest after normalisation (line endings, trailing spaces, final newlines) is registered."""
     import hashlib
-    from edmguide import embedded_source
+    from edmguide.nets import embedded_source
     released = '# released\n' + networks_edm2.Precond._orig_module_src
     normal = '\n'.join(line.rstrip() for line in released.split('\n')).rstrip('\n') + '\n'
     monkeypatch.setitem(embedded_source.KNOWN_UPSTREAM, hashlib.sha256(normal.encode()).hexdigest(), 'the release')
@@ -306,7 +309,7 @@ def test_known_upstream_text_is_recognised_by_its_normalised_digest(tmp_path, ca
                                           ['Precond']) == ('same-interface', None)   # one character off: not the release
 
 def test_source_comparison_treats_defaults_as_values():
-    from edmguide import embedded_source
+    from edmguide.nets import embedded_source
     ours = 'class A:\n    def __init__(self, f=(1, 1), eps=1e-4):\n        pass\n'
     assert embedded_source.compare_source('class A:\n    def __init__(self, f=[1,1], eps=0.0001): x = 1\n', ours, ['A']) \
         == ('same-interface', None)
@@ -321,7 +324,10 @@ def _child_forbidding_pickle(body, forbid=True):
     prelude = '''
         import builtins, pickle, sys, torch
         sys.path.insert(0, 'tests')
-        from edmguide import loading, generation, sampling, weights
+        from edmguide.nets import loading
+        from edmguide.jobs import generation
+        from edmguide.sampler import sampling
+        from edmguide.nets import weights
         from edmguide.metrics import detectors
         import safetensors.torch, training.networks_edm2, training.encoders, edmguide.demo.features
         with torch.device('meta'):  # warm-up: torch imports sympy lazily here, whose import-time code uses exec
@@ -345,7 +351,7 @@ def _child_forbidding_pickle(body, forbid=True):
 def test_loading_and_sampling_never_call_pickle_torch_load_or_exec(converted, tmp_path):
     out = tmp_path / 'x.bin'
     body = f'''
-        from edmguide.seeds import StackedRandomGenerator
+        from edmguide.sampler.seeds import StackedRandomGenerator
         net, encoder, gnet = loading.load_networks({converted['cond'][1]!r}, {converted['uncond'][1]!r}, 'cpu')
         feats = detectors.demo_digits_features()
         noise = torch.randn([2, 3, 16, 16], generator=torch.Generator().manual_seed(0))
@@ -365,7 +371,7 @@ def test_loading_and_sampling_never_call_pickle_torch_load_or_exec(converted, tm
     net, _ = loading.load_network(converted['cond'][0])
     gnet, _ = loading.load_network(converted['uncond'][0])
     noise = torch.randn([2, 3, 16, 16], generator=torch.Generator().manual_seed(0))
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     x = sampling.sample(net, noise, torch.eye(10)[:2], gnet=gnet, guidance=2.0, num_steps=4)
     assert out.read_bytes() == x.numpy().tobytes()
 
@@ -395,7 +401,7 @@ def test_converter_cli_errors_are_one_line(tmp_path):
     assert not os.listdir(tmp_path)
 
 def test_zip_names_have_the_same_stem_for_pkl_and_safetensors():
-    from edmguide.zipdump import zip_file_name
+    from edmguide.jobs.zipdump import zip_file_name
     assert zip_file_name('dir/net-a.safetensors', 0, 10, 2.0, 'gi') == zip_file_name('net-a.pkl', 0, 10, 2.0, 'gi') \
         == 'net-a-s0-nimg10-g2.00-gi.zip'
 

@@ -7,7 +7,8 @@ import numpy as np
 import PIL.Image
 
 import generate_images
-from edmguide import figures, presets
+from edmguide.jobs import figures
+from edmguide.nets import presets
 from cli_helpers import invoke, run_script
 
 ROWS = len(presets.DEMO_METHODS)

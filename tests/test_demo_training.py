@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edmguide.demo import data, features, train
-from edmguide.images import atomic_write
+from edmguide.util.images import atomic_write
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'edmguide', 'demo', 'assets')
 TINY_NET = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[])

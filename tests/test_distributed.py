@@ -109,7 +109,7 @@ PEER_SCRIPT = '''
 import datetime, os, time
 import torch
 from torch_utils import distributed as dist
-from edmguide.errors import run_cli
+from edmguide.util.errors import run_cli
 torch.distributed.init_process_group('gloo', init_method='env://', timeout=datetime.timedelta(seconds=30))
 dist.init()
 if dist.get_rank() == 1:

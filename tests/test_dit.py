@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule
 from edmguide.models import dit
-from edmguide.seeds import StackedRandomGenerator
+from edmguide.sampler.seeds import StackedRandomGenerator
 from helpers_dit import TinyDiT
 
 INF = math.inf
@@ -361,7 +361,7 @@ def test_dit_options_are_checked_and_recorded():
 
 
 def test_dit_schedule_resolves_intervals_as_dit_guidance():
-    from edmguide.guidance import Interval
+    from edmguide.sampler.guidance import Interval
     for mapping in dit.MAPPINGS:
         schedule = dit.DiTOptions(mapping=mapping).schedule(device='cpu')
         assert schedule.num_steps == 250 and schedule.options.mapping == mapping
@@ -386,7 +386,7 @@ def test_dit_schedule_resolves_intervals_as_dit_guidance():
 
 
 def test_dit_schedule_samples_like_sample_dit_tree(row_net):
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     seeds, classes = [5, 6], [3, 4]
     schedule = dit.DiTOptions().schedule()
     branches = [(None, None), (None, schedule.guidance(2.5, dit.DEFAULT_INTERVAL)),

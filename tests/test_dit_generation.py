@@ -163,7 +163,7 @@ def test_missing_loader_module_is_one_line(tmp_path, monkeypatch):
 
 
 def test_evaluations_per_image_are_counted_per_batch(loaders):
-    from edmguide import generation
+    from edmguide.jobs import generation
     net = TinyDiT(per_row=True)
     schedule = dit.DiTOptions().schedule()
     batches = list(generation.generate_batches(dit.GenerationNet(net), dit.GenerationDecoder(TinyVAE()), [0, 1, 2],
@@ -197,7 +197,7 @@ def test_metrics_gen_equals_calc_on_the_written_pngs(loaders, cache, tmp_path):
 
 
 def test_embedding_choices_are_dit_nets():
-    from edmguide import cli
+    from edmguide.jobs import cli
     from edmguide.models import dit_generation, dit_net
     assert cli.DIT_EMBEDDINGS == dit_net.EMBEDDINGS == dit_generation.EMBEDDINGS
 
@@ -209,7 +209,7 @@ def test_real_dit_net_through_generate_images(tmp_path):
     stochastic steps and the random VAE amplify to visible pixel differences."""
     from test_dit_net import _tiny_vae, make_dit_params, tiny_transformer
     from edmguide.models import dit_net
-    from edmguide.seeds import StackedRandomGenerator
+    from edmguide.sampler.seeds import StackedRandomGenerator
     import json
     folder = tmp_path / 'tiny-dit'
     tiny_transformer(make_dit_params(0)).save_pretrained(folder / 'transformer')

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.models import dit_net
 
 DEPTH, HIDDEN, HEADS, PATCH, INPUT, CH = 2, 64, 4, 2, 8, 4
@@ -372,7 +372,7 @@ def test_pt_errors_name_the_file_and_what_was_found(tmp_path, params):
 
 
 def test_cli_wrapper_prints_one_error_line(tmp_path, capsys):
-    from edmguide.errors import run_cli
+    from edmguide.util.errors import run_cli
     bad = tmp_path / 'model.pt'
     torch.save({'weight': torch.zeros(2)}, bad)
     with pytest.raises(SystemExit) as info:
@@ -434,7 +434,7 @@ def test_vae_names():
 # (6) Lazy imports.
 
 def test_module_does_not_import_diffusers():
-    code = ('import sys, generate_images; from edmguide import sampling, generation, loading; '
+    code = ('import sys, generate_images; from edmguide.sampler import sampling; from edmguide.jobs import generation; from edmguide.nets import loading; '
             'from edmguide.models import dit_net; print([m for m in ("diffusers", "transformers") if m in sys.modules])')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,12 +1,15 @@
-"""edmguide.figures.comparison_tiles: all rows from one tree-sampler call per batch, with the same
+"""edmguide.jobs.figures.comparison_tiles: all rows from one tree-sampler call per batch, with the same
 images as sampling each row on its own."""
 
 import numpy as np
 
-from edmguide import figures, images as imagelib, loading, presets
-from edmguide.generation import generate_batches
-from edmguide.guidance import Interval
-from edmguide.schedule import SamplerOptions
+from edmguide.jobs import figures
+from edmguide.util import images as imagelib
+from edmguide.nets import loading
+from edmguide.nets import presets
+from edmguide.jobs.generation import generate_batches
+from edmguide.sampler.guidance import Interval
+from edmguide.sampler.schedule import SamplerOptions
 
 
 def test_comparison_rows_equal_per_row_sampling():

@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 
 import generate_images
-from edmguide import figures
+from edmguide.jobs import figures
 from cli_helpers import assert_one_line_error, invoke, run_script
 
 
@@ -40,7 +40,7 @@ def test_subdirs_group_seeds_per_thousand(tiny_pickles, tmp_path):
 
 
 def test_sigma_range_and_step_indices_give_identical_pngs(tiny_pickles, tmp_path):
-    from edmguide.sampling import noise_levels
+    from edmguide.sampler.sampling import noise_levels
     t = noise_levels(32)  # EDM2's float32 levels, which the sampler runs on
     sigma = f'({float(t[23])!r}, {float(t[17])!r}]'
     common = ['--net', tiny_pickles['cond'], '--gnet', tiny_pickles['uncond'], '--guidance', '3', '--seeds', '0-1', '--class', '7']
@@ -145,8 +145,8 @@ def test_unknown_device_is_a_one_line_error(tmp_path):
 def test_library_call_takes_the_sampler_dtype_as_upstream(tiny_pickles, tmp_path):
     """Upstream's generate_images forwards the sampler's dtype; here it is a field of the one options object."""
     import torch
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
     paths = generate_images.generate_seed_images(tiny_pickles['cond'], str(tmp_path), gnet=tiny_pickles['uncond'],
                                                  guidance=2.0, interval=Interval.of_steps(1, 2), seeds=[0],
                                                  sampler=SamplerOptions(num_steps=4, dtype=torch.float64), device='cpu')
@@ -154,7 +154,7 @@ def test_library_call_takes_the_sampler_dtype_as_upstream(tiny_pickles, tmp_path
 
 
 def test_output_folders_are_checked_before_any_network_is_loaded(tmp_path, monkeypatch):
-    from edmguide import loading
+    from edmguide.nets import loading
     monkeypatch.setattr(loading, 'load_network', lambda *a, **k: pytest.fail('a network was loaded'))
     (tmp_path / 'a-file').write_text('')
     bad = tmp_path / 'a-file' / 'out'
@@ -171,8 +171,8 @@ def test_output_folders_are_checked_before_any_network_is_loaded(tmp_path, monke
 @pytest.mark.parametrize('device', ['cuda', 'cuda:7'])
 def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path, device):
     import torch
-    from edmguide.errors import UserError
-    from edmguide.generation import pick_device
+    from edmguide.util.errors import UserError
+    from edmguide.jobs.generation import pick_device
     if torch.cuda.is_available() and (device == 'cuda' or torch.cuda.device_count() > 7):
         pytest.skip('this machine has that device')
     with pytest.raises(UserError, match=f"--device '{device}': ") as info:
@@ -184,7 +184,7 @@ def test_a_cuda_device_this_machine_lacks_is_one_line(tmp_path, device):
 
 
 def test_figures_with_classes_the_network_lacks_fail_before_rendering(tmp_path):
-    from edmguide import presets
+    from edmguide.nets import presets
     result = invoke(generate_images.main, ['--cond_pkl', presets.DEMO_FILES.cond, '--uncond_pkl', presets.DEMO_FILES.uncond,
                                            '--figs', 'fig6,fig5', '--results_dir', tmp_path])
     assert_one_line_error(result, '10 classes', 'fig6 (class 933)', 'fig5 (class 959)', 'ImageNet-512', '--preset=demo')

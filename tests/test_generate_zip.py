@@ -162,8 +162,8 @@ def test_resuming_with_another_batch_size_is_refused(tiny_pickles, tmp_path):
 
 def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
     import generate_zip as gz
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
     kwargs = dict(zip_dir=str(tmp_path), num_images=3, batch_size=2, guidance_scale=2.0, interval=Interval.of_steps(1, 2),
                   sampler=SamplerOptions(num_steps=4, mode='gi'), device='cpu', progress=False)
     first = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']), **kwargs)
@@ -177,9 +177,9 @@ def test_library_call_returns_the_zip_path_and_its_work(tiny_pickles, tmp_path):
 def test_resuming_with_a_noise_range_that_differs_beyond_six_digits_is_refused(tiny_pickles, tmp_path):
     """The settings record the schedule exactly: str() of the two ranges is the same, the images are not."""
     import generate_zip as gz
-    from edmguide.errors import UserError
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
+    from edmguide.util.errors import UserError
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
     kwargs = dict(zip_dir=str(tmp_path), num_images=2, batch_size=2, guidance_scale=2.0,
                   sampler=SamplerOptions(num_steps=4, mode='gi'), device='cpu', progress=False)
     zip_path = gz.generate_zip(str(tiny_pickles['cond']), str(tiny_pickles['uncond']),
@@ -210,7 +210,7 @@ def test_upstream_verbose_true_syntax_and_start_message(tiny_pickles, tmp_path):
 
 def test_a_guide_of_another_kind_or_an_output_under_a_file_is_a_one_line_error(tiny_pickles, tmp_path):
     from conftest import make_tiny_net, save_network_pickle
-    from edmguide import presets
+    from edmguide.nets import presets
     wider = save_network_pickle(tmp_path / 'tiny-32px.pkl', make_tiny_net(0, 4, resolution=32))
     base = ['--cond_pkl', tiny_pickles['cond'], '--num_images', 2, '--steps', 4, '--device', 'cpu',
             '--guidance_interval', 'None']

@@ -1,4 +1,4 @@
-"""Tests for edmguide/gmm.py: the closed-form posterior mean, conditioning, shapes, dtypes and
+"""Tests for edmguide/sampler/gmm.py: the closed-form posterior mean, conditioning, shapes, dtypes and
 the exact sampler of the mixture."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 import torch
 
-from edmguide.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
 
 
 def _brute_force_posterior_mean(comps, x, sigma, cls=None):

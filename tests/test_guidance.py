@@ -1,4 +1,4 @@
-"""Tests for edmguide/guidance.py: w(sigma) semantics, the two interval forms and their
+"""Tests for edmguide/sampler/guidance.py: w(sigma) semantics, the two interval forms and their
 conversion, the parsers, and the paper's effect measured with the ideal mixture denoiser."""
 
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.gmm import GaussianMixtureDenoiser
-from edmguide.guidance import (GuidanceSchedule, indices_to_sigma_range, parse_interval, parse_sigma_range,
+from edmguide.util.errors import UserError
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.guidance import (GuidanceSchedule, indices_to_sigma_range, parse_interval, parse_sigma_range,
                                sigma_range_to_indices)
-from edmguide.sampling import EvalCounter, noise_levels, sample
+from edmguide.sampler.sampling import EvalCounter, noise_levels, sample
 from helpers_sampler import schedule_of, sigmas_of, ToyNet, one_hot, two_mode_mixture
 
 T32 = noise_levels(32)                          # EDM2 float32 levels
@@ -203,7 +203,7 @@ def test_paper_rounded_bounds_get_a_hint_only_when_they_select_other_steps():
 def test_step_interval_is_converted_on_the_schedule_of_the_sampling_dtype(dtype):
     """edm2 numerics in float64 (upstream's `dtype` sampler option): the bounds come from the float64
     levels, so steps [start, stop] are exactly the guided ones for every interval."""
-    from edmguide.guidance import Interval
+    from edmguide.sampler.guidance import Interval
     net = ToyNet(0)
     levels = T32 if dtype == torch.float32 else T64
     assert not torch.equal(T32.double(), T64)  # the two schedules do differ

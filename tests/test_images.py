@@ -1,4 +1,4 @@
-"""edmguide.images: channel layout by type, PNG round trip, atomic writes."""
+"""edmguide.util.images: channel layout by type, PNG round trip, atomic writes."""
 
 import io
 
@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 import torch
 
-from edmguide import images
+from edmguide.util import images
 
 
 def _decode(png):

@@ -1,4 +1,4 @@
-"""Tests for edmguide/loading.py: the one loader of network pickles (offline, tiny nets)."""
+"""Tests for edmguide/nets/loading.py: the one loader of network pickles (offline, tiny nets)."""
 
 import math
 import pickle
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import dnnlib
-from edmguide.errors import UserError
-from edmguide.loading import load_network, load_pickle
+from edmguide.util.errors import UserError
+from edmguide.nets.loading import load_network, load_pickle
 from training import encoders, networks_edm2
 
 #----------------------------------------------------------------------------
@@ -155,7 +155,8 @@ def test_bare_module_pickle_is_accepted_like_toy_models(tmp_path):
 
 def test_a_pickle_from_outside_the_repository_gets_a_note_once_and_the_demo_assets_none(tmp_path, capsys, monkeypatch):
     import os
-    from edmguide import loading, presets
+    from edmguide.nets import loading
+    from edmguide.nets import presets
     monkeypatch.setattr(loading, '_noted', set())
     path = write_pickle(tmp_path / 'net.pkl', tiny_precond())
     load_network(path)
@@ -169,7 +170,7 @@ def test_a_pickle_from_outside_the_repository_gets_a_note_once_and_the_demo_asse
 
 def test_a_reference_pickle_gets_the_note_too(tmp_path, capsys, monkeypatch):
     import numpy as np
-    from edmguide import loading
+    from edmguide.nets import loading
     from edmguide.metrics import stats
     monkeypatch.setattr(loading, '_noted', set())
     path = write_pickle(tmp_path / 'ref.pkl', {'fid': {'mu': np.zeros(2), 'sigma': np.eye(2)}})

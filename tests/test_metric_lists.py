@@ -11,7 +11,7 @@ import torch
 import calculate_metrics
 import helpers_metrics as hm
 from cli_helpers import assert_one_line_error, invoke
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import kinds
 
 

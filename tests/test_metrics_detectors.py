@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dnnlib
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import detectors
 import helpers_metrics as hm
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import pipeline
 from edmguide.metrics.image_files import ImageFiles, collate_images, select_subset
 import helpers_metrics as hm

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import precision_recall as pr
 
 #----------------------------------------------------------------------------

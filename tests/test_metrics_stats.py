@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import stats
 
 def test_batched_sums_equal_numpy_mean_and_cov():

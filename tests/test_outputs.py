@@ -1,4 +1,4 @@
-"""edmguide/outputs.py: nothing replaced silently — `calculate_metrics.py ref --dest` and the
+"""edmguide/util/outputs.py: nothing replaced silently — `calculate_metrics.py ref --dest` and the
 folders of `generate_images.py` seed mode (settings record, --overwrite)."""
 
 import json
@@ -11,8 +11,8 @@ import calculate_metrics
 import generate_images
 import helpers_metrics as hm
 from cli_helpers import assert_one_line_error, invoke
-from edmguide.errors import UserError
-from edmguide.outputs import FOLDER_RECORD, check_replaceable, claim_image_folder, same_file
+from edmguide.util.errors import UserError
+from edmguide.util.outputs import FOLDER_RECORD, check_replaceable, claim_image_folder, same_file
 
 #----------------------------------------------------------------------------
 # Paths compared by what they are.

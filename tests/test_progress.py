@@ -1,10 +1,10 @@
-"""edmguide.progress: plain progress lines (count, percent, rate, ETA) when stderr is not a terminal."""
+"""edmguide.util.progress: plain progress lines (count, percent, rate, ETA) when stderr is not a terminal."""
 
 import io
 
 import tqdm
 
-from edmguide.progress import PlainProgress, progress_bar
+from edmguide.util.progress import PlainProgress, progress_bar
 
 
 class FakeClock:

@@ -24,7 +24,7 @@ SMALLER = {'--num_images=500': '--num_images=8', 'nimg500': 'nimg8', '--num=500'
 # What the README must keep marked, so that deleting a marker is noticed too.
 REQUIRED = ['generate_images.py --preset=demo', 'generate_zip.py --cond_pkl=edmguide/demo/assets/',
             'calculate_metrics.py --gen_zip=', 'calculate_metrics.py gen --net=edmguide/demo/assets/',
-            'python -m edmguide.convert edmguide/demo/assets/', 'generate_images.py --help']
+            'python -m edmguide.nets.convert edmguide/demo/assets/', 'generate_images.py --help']
 
 
 def marked_commands(text):

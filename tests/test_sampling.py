@@ -1,4 +1,4 @@
-"""Tests for edmguide/sampling.py: schedule values, exactness against a plain float64 loop,
+"""Tests for edmguide/sampler/sampling.py: schedule values, exactness against a plain float64 loop,
 evaluation counts of the guidance interval, per-seed determinism and the ideal-denoiser check."""
 
 import math
@@ -8,11 +8,11 @@ import pytest
 import scipy.stats
 import torch
 
-from edmguide.errors import UserError
-from edmguide.gmm import GaussianMixtureDenoiser
-from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import EvalCounter, noise_levels, sample
-from edmguide.seeds import StackedRandomGenerator, draw_noise_and_labels
+from edmguide.util.errors import UserError
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.sampler.sampling import EvalCounter, noise_levels, sample
+from edmguide.sampler.seeds import StackedRandomGenerator, draw_noise_and_labels
 from helpers_sampler import schedule_of, sigmas_of, ToyNet, one_hot
 
 #----------------------------------------------------------------------------
@@ -295,7 +295,7 @@ def test_good_extreme_options_pass_and_sample_finitely():
 
 
 def test_non_finite_sampler_output_is_refused_before_any_image_is_made():
-    from edmguide.generation import generate_batches
+    from edmguide.jobs.generation import generate_batches
 
     class NanNet(ToyNet):
         def __call__(self, x, sigma, class_labels=None):

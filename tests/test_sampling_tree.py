@@ -1,13 +1,13 @@
-"""Tests for edmguide.sampling.sample_tree: every branch equals its own `sample` run, bit for bit,
+"""Tests for edmguide.sampler.sampling.sample_tree: every branch equals its own `sample` run, bit for bit,
 while shared trajectory prefixes are computed once (evaluation counts checked by hand)."""
 
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import EvalCounter, sample, sample_tree, step_keys, tree_evaluations
-from edmguide.seeds import StackedRandomGenerator, draw_noise_and_labels
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.sampler.sampling import EvalCounter, sample, sample_tree, step_keys, tree_evaluations
+from edmguide.sampler.seeds import StackedRandomGenerator, draw_noise_and_labels
 from helpers_sampler import schedule_of, sigmas_of, ToyNet
 
 

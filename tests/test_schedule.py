@@ -1,4 +1,4 @@
-"""edmguide.schedule: the sampler options as one checked value, and every guidance interval resolved
+"""edmguide.sampler.schedule: the sampler options as one checked value, and every guidance interval resolved
 on the one schedule tensor the sampler runs on."""
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule, Interval, method_tag
-from edmguide.schedule import SamplerOptions, Schedule
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule, Interval, method_tag
+from edmguide.sampler.schedule import SamplerOptions, Schedule
 from helpers_sampler import ToyNet
 
 
@@ -110,7 +110,7 @@ def test_interval_is_the_one_parsed_value():
 def test_schedule_owns_its_sampler():
     """`Schedule.sample_tree` / `check_branches` are `sampling.sample_tree` / `step_keys` on the schedule:
     the generation iterator calls them on whatever schedule it is given (DiT's has its own)."""
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     net, gnet = ToyNet(seed=0), ToyNet(seed=1)
     schedule = SamplerOptions(num_steps=8).schedule(net)
     branches = [(None, None), (gnet, schedule.guidance(2.0, Interval.of_steps(2, 5)))]

@@ -1,4 +1,4 @@
-"""edmguide.sdxl: the EDM adapter around a tiny SD-XL diffusers folder built here (offline, CPU)."""
+"""edmguide.models.sdxl: the EDM adapter around a tiny SD-XL diffusers folder built here (offline, CPU)."""
 
 import json
 import os
@@ -12,9 +12,10 @@ import torch
 
 import generate_images
 from cli_helpers import invoke
-from edmguide import sampling, sdxl
-from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import EvalCounter
+from edmguide.sampler import sampling
+from edmguide.models import sdxl
+from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.sampler.sampling import EvalCounter
 
 _WORDS = ['a', 'cat', 'dog', 'photo', 'of', 'red']
 
@@ -127,7 +128,7 @@ def test_empty_negative_prompt_is_zeros_and_prompts_differ(model):
 
 
 def test_default_interval_is_steps_10_to_25():
-    from edmguide.guidance import Interval
+    from edmguide.sampler.guidance import Interval
     schedule = sdxl.default_options().schedule()
     sigmas = sampling.noise_levels(32, 0.03, 14.61, 3)  # the paper's schedule, built independently
     assert torch.equal(schedule.sigmas, sigmas)
@@ -206,7 +207,7 @@ def test_cli_sdxl_refuses_edm2_options_and_needs_prompt(tiny_sdxl, tmp_path, ext
 
 
 def test_full_sigma_range_is_constant_cfg_and_saving_of_default_interval():
-    from edmguide.guidance import Interval, parse_sigma_range
+    from edmguide.sampler.guidance import Interval, parse_sigma_range
     schedule = sdxl.default_options().schedule()
     full = sdxl.sdxl_guidance(schedule, 16, Interval.of_sigma(*parse_sigma_range('(0, inf]')))
     assert full.step_weights(schedule.sigmas) == [16.0] * 32
@@ -236,7 +237,7 @@ def test_figure_rows_and_cli_grid(tiny_sdxl, tmp_path):
 def test_module_imports_neither_diffusers_nor_transformers():
     import subprocess
     import sys
-    code = ('import sys, generate_images; from edmguide import sdxl, generation; '
+    code = ('import sys, generate_images; from edmguide.models import sdxl; from edmguide.jobs import generation; '
             'print([m for m in ("diffusers", "transformers") if m in sys.modules])')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

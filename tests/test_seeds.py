@@ -1,4 +1,4 @@
-"""Tests for edmguide/seeds.py: per-seed generators, draw order, GI's hashed seeds, seed lists
+"""Tests for edmguide/sampler/seeds.py: per-seed generators, draw order, GI's hashed seeds, seed lists
 and EDM2's batching of seeds over ranks."""
 
 import random
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.seeds import (StackedRandomGenerator, draw_noise_and_labels, gi_hashed_seed, gi_seeds,
+from edmguide.util.errors import UserError
+from edmguide.sampler.seeds import (StackedRandomGenerator, draw_noise_and_labels, gi_hashed_seed, gi_seeds,
                             parse_seed_list, rank_batches, tuple_hash)
 
 # Spec (c): (class, seeds) -> hashed seeds used by the GI figures.
@@ -139,7 +139,7 @@ def test_rank_batches_keeps_empty_chunks_for_synchronisation():
 
 
 def test_fixed_chunks_do_not_depend_on_process_count_and_pad_ranks_equally():
-    from edmguide.seeds import deal_chunks, fixed_chunks
+    from edmguide.sampler.seeds import deal_chunks, fixed_chunks
     chunks = fixed_chunks(10, 4)
     assert [c.tolist() for c in chunks] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     rank0, rank1 = deal_chunks(chunks, 2, 0), deal_chunks(chunks, 2, 1)
@@ -186,11 +186,11 @@ def test_a_billion_seeds_split_over_ranks_start_at_once():
 
 def test_generation_iterator_starts_on_a_billion_seeds(tiny_pickles):
     import time
-    from edmguide import loading
-    from edmguide.generation import generate_batches
+    from edmguide.nets import loading
+    from edmguide.jobs.generation import generate_batches
     net, encoder = loading.load_network(tiny_pickles['uncond'])
     t0 = time.perf_counter()
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.schedule import SamplerOptions
     batches = generate_batches(net, encoder.init('cpu') or encoder, parse_seed_list('0-999999999'),
                                SamplerOptions(num_steps=2).schedule(net), max_batch_size=2)
     first = next(batches)

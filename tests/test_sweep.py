@@ -1,4 +1,4 @@
-"""Tests for edmguide/sweep.py, sweep_report.py and `calculate_metrics.py sweep` on the demo networks
+"""Tests for edmguide/sweeps/sweep.py, sweep_report.py and `calculate_metrics.py sweep` on the demo networks
 (few steps, few images): parsing, bit-identity with separate runs, resume, refusal, report files."""
 
 import json
@@ -9,11 +9,14 @@ import torch
 from click.testing import CliRunner
 
 import calculate_metrics
-from edmguide import generation, loading, presets, sweep
-from edmguide.errors import UserError
-from edmguide.guidance import Interval
+from edmguide.jobs import generation
+from edmguide.nets import loading
+from edmguide.nets import presets
+from edmguide.sweeps import sweep
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import Interval
 from edmguide.metrics import pipeline
-from edmguide.schedule import SamplerOptions
+from edmguide.sampler.schedule import SamplerOptions
 
 FILES = presets.DEMO_FILES
 FAST = ['--steps', '6', '--num', '6', '--batch', '4', '--device', 'cpu']
@@ -335,7 +338,7 @@ def test_an_infinite_noise_bound_is_reported_as_inf(tmp_path):
 
 
 def test_the_report_is_rendered_before_the_first_image(tmp_path, monkeypatch):
-    from edmguide import sweep_report
+    from edmguide.sweeps import sweep_report
     calls = []
     monkeypatch.setattr(sweep, 'generate_setting_batches', lambda *a, **k: calls.append(1) or iter(()))
 
@@ -371,7 +374,7 @@ def test_a_noise_range_holding_one_level_guides_that_step(tmp_path):
 
 
 def test_heatmaps_of_two_grids_at_one_weight_keep_distinct_names_and_sweep_md_links_every_figure(tmp_path):
-    from edmguide import sweep_report
+    from edmguide.sweeps import sweep_report
     import dnnlib
     records = [dict(guide='g', guidance=1.0, label='none', interval=None, sigma=None, grid=None,
                     evals_main=6, evals_guide=0, num_images=4, fid=5.0)]

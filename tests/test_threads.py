@@ -1,6 +1,6 @@
-"""edmguide.threads: the thread count from affinity and cgroup quota, and who wins."""
+"""edmguide.util.threads: the thread count from affinity and cgroup quota, and who wins."""
 
-from edmguide import threads
+from edmguide.util import threads
 
 
 def test_thread_count_is_the_smaller_of_affinity_and_quota():

@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule
 from edmguide.toys import ag_2d, gi_1d
 from edmguide.toys.tree import make_two_class_trees
 
@@ -73,7 +73,7 @@ def test_ideal_denoiser_samples_lie_on_their_tree(mixture, truth):
     """Shared sampler + exact class-A denoiser (32 Heun steps, sigma_max 5) lands on tree A."""
     class_a = ag_2d.ground_truth(mixture.select(0))
     noise = torch.randn([128, 2], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    from edmguide.sampling import SamplerOptions, sample
+    from edmguide.sampler.sampling import SamplerOptions, sample
     x = sample(class_a, noise, None, options=SamplerOptions(32, 0.002, 5.0, 7, dtype=torch.float64))
     # "Near a component": log-density above that of 95% of exact class-A samples.
     exact = torch.as_tensor(mixture.sample(1000, np.random.default_rng(1), 0))

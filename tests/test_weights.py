@@ -1,4 +1,4 @@
-"""edmguide/weights.py: the code-free .safetensors loader refuses bad files with one line each."""
+"""edmguide/nets/weights.py: the code-free .safetensors loader refuses bad files with one line each."""
 
 import json
 import struct
@@ -9,9 +9,10 @@ import torch
 
 import dnnlib
 from conftest import make_tiny_net, save_network_pickle
-from edmguide import convert, weights
-from edmguide.errors import UserError
-from edmguide.loading import load_network
+from edmguide.nets import convert
+from edmguide.nets import weights
+from edmguide.util.errors import UserError
+from edmguide.nets.loading import load_network
 
 #----------------------------------------------------------------------------
 
@@ -274,7 +275,7 @@ def test_unknown_vae_is_refused_unless_passed_explicitly(tmp_path, capsys):
     assert load_network(pkl, vae='my/vae')[1].vae_name == 'my/vae'
 
 def test_load_networks_passes_the_explicit_vae_to_the_main_net_only(tmp_path, monkeypatch):
-    from edmguide import loading
+    from edmguide.nets import loading
     from training import encoders
     initialized = []
     monkeypatch.setattr(loading, 'init_encoder', lambda encoder, device, batch_size=None: initialized.append(encoder))

@@ -1,4 +1,4 @@
-"""edmguide.zipdump: parts are verified before they count, work folders never mix settings, a
+"""edmguide.jobs.zipdump: parts are verified before they count, work folders never mix settings, a
 finished zip of other settings is kept unless --overwrite, the work folder is locked, and what a
 killed run leaves behind is cleaned up. In-process library calls on tiny nets (2 steps, 5 images),
 except where a second process is the point."""
@@ -15,8 +15,8 @@ import PIL.Image
 import pytest
 
 from cli_helpers import ROOT, script_env
-from edmguide.errors import UserError
-from edmguide.schedule import SamplerOptions
+from edmguide.util.errors import UserError
+from edmguide.sampler.schedule import SamplerOptions
 
 N = 5
 NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
@@ -24,8 +24,8 @@ NAME = 'tiny-cond-s0-nimg5-g2.00-gi.zip'
 
 def _make(tiny_pickles, zip_dir, **kwargs):
     import generate_zip as gz
-    from edmguide.guidance import Interval
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.guidance import Interval
+    from edmguide.sampler.schedule import SamplerOptions
     options = dict(zip_dir=str(zip_dir), num_images=N, batch_size=2, guidance_scale=2.0, interval=Interval.of_steps(0, 1),
                    sampler=SamplerOptions(num_steps=2, mode='gi'), device='cpu', progress=False)
     options.update(kwargs)
@@ -137,7 +137,7 @@ def test_what_a_run_killed_during_or_after_assembly_leaves_is_cleaned_up(tiny_pi
 
 HOLD_LOCK = '''
 import sys, time
-from edmguide.runlock import RunLock
+from edmguide.util.runlock import RunLock
 RunLock(sys.argv[1], 'work').acquire()
 print('locked', flush=True)
 time.sleep(120)
@@ -163,7 +163,7 @@ def test_a_second_run_refuses_naming_the_first_and_a_dead_holder_lock_is_taken_o
 
 
 def test_the_lock_refuses_a_second_holder_in_the_same_process_and_frees_on_release(tmp_path):
-    from edmguide.runlock import RunLock
+    from edmguide.util.runlock import RunLock
     first = RunLock(tmp_path, 'the work folder').acquire()
     with pytest.raises(UserError, match=rf'the work folder is in use by another run \(pid {os.getpid()} on '):
         RunLock(tmp_path, 'the work folder').acquire()

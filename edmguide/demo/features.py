@@ -158,7 +158,7 @@ def train_demo_features(outdir, *, seed=0, steps=1000, verbose=True):
     import os
     import pickle
     from edmguide.demo.data import load_digits_uint8, train_test_split
-    from edmguide.images import atomic_write
+    from edmguide.util.images import atomic_write
     images, labels = load_digits_uint8()
     train_idx, test_idx = train_test_split(len(images), test_fraction=0.2, seed=seed)
     net, log = train_feature_net(images[train_idx], labels[train_idx], seed=seed, steps=steps, verbose=verbose)
@@ -182,7 +182,7 @@ def compute_demo_reference(outdir, *, verbose=True):
     """Reference statistics and features of all 1797 digits under `<outdir>/digits-features.pkl` -> digits-ref.pkl."""
     import os
     from edmguide.demo.data import load_digits_uint8
-    from edmguide.loading import load_pickle
+    from edmguide.nets.loading import load_pickle
     from edmguide.metrics.stats import save_stats
     net = load_pickle(os.path.join(outdir, FEATURES_FILE))
     images, _ = load_digits_uint8(net.img_resolution)

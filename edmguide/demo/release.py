@@ -3,7 +3,7 @@ reference, which the demo and `--preset=demo` load (they never unpickle anything
 
 Training writes pickles (`edmguide.demo.train`, `edmguide.demo.features`); `write_code_free_copies`
 turns them into the files the demo ships, through the same verified converter as
-`python -m edmguide.convert`. From the shipped pickles it reproduces the shipped files byte for byte.
+`python -m edmguide.nets.convert`. From the shipped pickles it reproduces the shipped files byte for byte.
 """
 
 import os
@@ -22,7 +22,7 @@ def code_free_files(outdir):
 def write_code_free_copies(outdir, *, verbose=True):
     """Convert the four demo networks to `.safetensors` and the reference pickle to `.npz` in `outdir`
     (each verified and written atomically). Returns the written paths."""
-    from edmguide import convert
+    from edmguide.nets import convert
     from edmguide.metrics import stats
     written = []
     for src, dest in code_free_files(outdir).items():

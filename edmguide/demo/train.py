@@ -149,7 +149,7 @@ def train_demo_network(what, outdir, *, seed=0, verbose=True, **overrides):
     shipped files use none); a dict given for `network` updates the network kwargs.
     """
     from edmguide.demo.data import load_digits_uint8
-    from edmguide.images import atomic_write
+    from edmguide.util.images import atomic_write
     cfg = copy.deepcopy(DEMO_NETWORKS[what])
     for key, value in overrides.items():
         if key not in cfg:

@@ -14,8 +14,8 @@ import torch
 
 import dnnlib
 from edmguide.demo.features import METRIC as DEMO_METRIC, PR_METRIC as DEMO_PR_METRIC
-from edmguide.errors import UserError
-from edmguide.loading import is_safetensors, load_network, load_pickle
+from edmguide.util.errors import UserError
+from edmguide.nets.loading import is_safetensors, load_network, load_pickle
 
 INCEPTION_URL = ('https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/'
                  'files/metrics/inception-2015-12-05.pkl')
@@ -203,7 +203,7 @@ register_metric('pr', vgg16, label='PR', kind='pr')
 
 def demo_digits_features():
     """The embedded demo's digit feature network (trained by this project, shipped in the repo)."""
-    from edmguide.presets import DEMO_FILES
+    from edmguide.nets.presets import DEMO_FILES
     return PickledFeatureNet(DEMO_FILES.features, name='demo digits feature network')
 
 register_metric(DEMO_METRIC, demo_digits_features, label='FD_digits')

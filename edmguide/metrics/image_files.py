@@ -14,7 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 #----------------------------------------------------------------------------
 

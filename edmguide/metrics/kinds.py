@@ -17,7 +17,7 @@ from a batch on, so a checkpoint writes only what is new); otherwise it has a fi
 import numpy as np
 
 import dnnlib
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from edmguide.metrics import detectors, precision_recall, stats as stats_lib
 from edmguide.metrics.frechet import frechet_distance
 

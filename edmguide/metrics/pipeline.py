@@ -15,15 +15,17 @@ import os
 
 import torch
 
-from edmguide import generation, loading, seeds as seedlib
-from edmguide.errors import UserError, with_path
-from edmguide.generation import pick_device
-from edmguide.guidance import check_weight
+from edmguide.jobs import generation
+from edmguide.nets import loading
+from edmguide.sampler import seeds as seedlib
+from edmguide.util.errors import UserError, with_path
+from edmguide.jobs.generation import pick_device
+from edmguide.sampler.guidance import check_weight
 from edmguide.metrics import detectors, kinds, precision_recall, stats as stats_lib
 from edmguide.metrics.image_files import SUBSETS, ImageFiles, collate_images
-from edmguide.outputs import check_output_dir, check_output_file, check_replaceable
-from edmguide.progress import progress_bar
-from edmguide.schedule import SamplerOptions
+from edmguide.util.outputs import check_output_dir, check_output_file, check_replaceable
+from edmguide.util.progress import progress_bar
+from edmguide.sampler.schedule import SamplerOptions
 from torch_utils import distributed as dist
 
 DEFAULT_METRICS = ('fid', 'fd_dinov2')

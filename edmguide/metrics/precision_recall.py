@@ -22,7 +22,7 @@ computes it, so the result is that of a single process.
 import numpy as np
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 from torch_utils import distributed as dist
 
 NHOOD_SIZE = 3           # k of pr50k3

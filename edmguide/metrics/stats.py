@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 import dnnlib
-from edmguide.errors import UserError
-from edmguide.images import atomic_write
-from edmguide.loading import load_pickle
+from edmguide.util.errors import UserError
+from edmguide.util.images import atomic_write
+from edmguide.nets.loading import load_pickle
 from edmguide.metrics import frechet
 
 #----------------------------------------------------------------------------

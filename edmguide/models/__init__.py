@@ -1,2 +1,2 @@
-"""Models beside EDM2: adapters that present other diffusion models' networks (DiT, SD-XL) to this
-project's sampler, loaders and generation code."""
+"""Layer 6, the models beside EDM2: adapters that present other diffusion models' networks (SD-XL,
+DiT) to this project's sampler, schedule object, generation iterator, zips and metrics."""

@@ -42,9 +42,9 @@ import math
 import numpy as np
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule, Interval, check_weight
-from edmguide.sampling import EvalCounter  # per image: `net` conditional (main), `gnet` unconditional (guide)
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule, Interval, check_weight
+from edmguide.sampler.sampling import EvalCounter  # per image: `net` conditional (main), `gnet` unconditional (guide)
 
 NUM_TRAIN_STEPS = 1000
 NUM_STEPS = 250
@@ -411,10 +411,10 @@ def check_classes(classes, num_classes=NUM_CLASSES):
     return [int(c) for c in classes]
 
 #----------------------------------------------------------------------------
-# The generation iterator's view of a DiT (edmguide.generation.generate_batches, dump_zip).
+# The generation iterator's view of a DiT (edmguide.jobs.generation.generate_batches, dump_zip).
 
 class GenerationNet:
-    """A DiT network presented to `edmguide.generation`: img_channels, img_resolution, label_dim
+    """A DiT network presented to `edmguide.jobs.generation`: img_channels, img_resolution, label_dim
     (its per-seed noise and labels are drawn like EDM2's), called as the DiT network."""
 
     def __init__(self, net):
@@ -497,7 +497,7 @@ class DiTOptions:
 
 
 class DiTSchedule:
-    """DiT's sampler bound to its options, duck-typed like `edmguide.schedule.Schedule` for the
+    """DiT's sampler bound to its options, duck-typed like `edmguide.sampler.schedule.Schedule` for the
     generation iterator and the zips: `options`, `levels` (each step's sigma under the mapping, in
     sampling order), `num_steps`, `guidance(weight, interval)`, `weights(guidance)`,
     `check_branches(branches)` and `sample_tree(net, noise, labels, branches, randn_like=, counter=)`."""

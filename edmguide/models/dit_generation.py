@@ -1,10 +1,10 @@
 """DiT images for the scripts: loading by name, per-seed PNGs, DiT sample.py batches, the comparison
 grid and 50k zips, all on DiT's own sampler (`edmguide.models.dit`).
 
-Per-seed work goes through the one generation iterator (`edmguide.generation`) with DiT's sampler
+Per-seed work goes through the one generation iterator (`edmguide.jobs.generation`) with DiT's sampler
 plugged in through its schedule object (`dit.DiTSchedule`, duck-typed like `schedule.Schedule`),
 so the per-seed generators, batching, decoding, finiteness check and the resumable zips
-(`edmguide.zipdump`) are the EDM2 ones. The networks come from `edmguide.models.dit_net`
+(`edmguide.jobs.zipdump`) are the EDM2 ones. The networks come from `edmguide.models.dit_net`
 (`load_dit_network`, `load_dit_vae`), imported by name when a DiT is first loaded.
 """
 
@@ -14,12 +14,12 @@ import sys
 
 import torch
 
-from edmguide import images as imagelib
-from edmguide.errors import UserError
-from edmguide.guidance import Interval
+from edmguide.util import images as imagelib
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import Interval
 from edmguide.models import dit
-from edmguide.outputs import check_output_dir
-from edmguide.progress import progress_bar
+from edmguide.util.outputs import check_output_dir
+from edmguide.util.progress import progress_bar
 
 DEFAULT_VAE = 'stabilityai/sd-vae-ft-ema'  # DiT's sample_ddp.py (its FID runs); sample.py defaults to -mse
 EMBEDDINGS = ('dit', 'diffusers')  # dit_net.EMBEDDINGS (kept here so options are checked before torch loads it)
@@ -103,8 +103,8 @@ def generate_dit_images(model, outdir, *, seeds, class_idx=None, guidance=dit.DE
     """One `<seed:06d>.png` per seed; each image depends only on its seed, class and the settings.
     `class_idx`: None (a class per seed drawn from its generator), one class, or one per seed.
     `interval`: a `guidance.Interval` (None: the paper's FID interval); `options`: `dit.DiTOptions`."""
-    from edmguide import seeds as seedlib
-    from edmguide.generation import generate_batches
+    from edmguide.sampler import seeds as seedlib
+    from edmguide.jobs.generation import generate_batches
     from torch_utils import distributed as dist
     schedule = _schedule(options, embedding, device)
     if class_idx is not None:
@@ -179,8 +179,8 @@ def render_dit_comparison(model, outdir, *, classes, seeds, options=None, embedd
     interval, the FD_DINOv2 interval), one column per (class, seed), the same noise in every row. The
     rows are sampled together (`DiTSchedule.sample_tree`): the two interval rows share their unguided
     first steps. Returns the path."""
-    from edmguide.figures import layout_comparison
-    from edmguide.generation import generate_setting_batches
+    from edmguide.jobs.figures import layout_comparison
+    from edmguide.jobs.generation import generate_setting_batches
     schedule = _schedule(options, embedding, device)
     classes = dit.check_classes(classes)
     rows = [(label, schedule.guidance(w, interval)) for label, w, interval in COMPARISON_ROWS]
@@ -217,7 +217,7 @@ def calc_metrics_for_dit(model, ref_path, metrics=None, *, guidance=dit.DEFAULT_
     """Metrics of DiT's samples of seeds seed..seed+N-1, measured as they come (nothing is written);
     the images are those `generate_dit_images` writes for the same seeds and settings. Batches are
     `pipeline.metric_chunks` (fixed chunks dealt round-robin), as `calc_metrics_for_network`'s."""
-    from edmguide import generation
+    from edmguide.jobs import generation
     from edmguide.metrics import pipeline, stats as stats_lib
     from torch_utils import distributed as dist
     device = generation.pick_device(device, note=False)
@@ -245,7 +245,7 @@ def calc_metrics_for_dit(model, ref_path, metrics=None, *, guidance=dit.DEFAULT_
 def _input_record(model, vae):
     """(inputs, names): the input files by SHA-256 (`digests.input_record`: a .pt checkpoint, a VAE
     file) and, by name, those that are hub ids or folders."""
-    from edmguide import digests
+    from edmguide.nets import digests
     files = {name: str(path) for name, path in (('dit', model), ('dit_vae', vae)) if path and os.path.isfile(str(path))}
     names = {f'{name}_source': str(path) for name, path in (('dit', model), ('dit_vae', vae)) if name not in files}
     return digests.input_record(**files), names
@@ -257,7 +257,7 @@ def generate_dit_zip(model, zip_dir='./results', *, num_images=50000, seed=0, ba
     """`<zip_dir>/<model>-s<seed>-nimg<N>-g<G>-<cfg|gi|gi-model>.zip` of seeds seed..seed+N-1, a random
     class per seed (drawn from the seed, as DiT's sample_ddp.py draws random classes), with the
     guarantees of `zipdump.dump_zip` (resumable, settings-checked, atomic). Returns its statistics."""
-    from edmguide.zipdump import dump_zip, zip_file_name
+    from edmguide.jobs.zipdump import dump_zip, zip_file_name
     from torch_utils import distributed as dist
     schedule = _schedule(options, embedding, device)
     if num_images < 1:

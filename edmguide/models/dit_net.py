@@ -33,7 +33,7 @@ import re
 
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 # DiT's model table: hidden size -> heads (DiT-S, -B, -L, -XL).
 HEADS_BY_HIDDEN = {384: 6, 768: 12, 1024: 16, 1152: 16}

@@ -5,5 +5,5 @@
 - `ag_2d`: the autoguidance paper's 2D fractal-tree example (ground truth, no guidance, CFG,
   autoguidance) with tiny MLP denoisers trained against the ideal denoiser (`mlp`, `tree`).
 
-All sampling goes through `edmguide.sampling.sample`; the ideal denoisers come from `edmguide.gmm`.
+All sampling goes through `edmguide.sampler.sampling.sample`; the ideal denoisers come from `edmguide.sampler.gmm`.
 """

@@ -1,7 +1,7 @@
 """The autoguidance paper's 2D toy (AG App. C): fractal trees, tiny MLPs, CFG vs autoguidance.
 
 Data: `tree.make_two_class_trees()` (two classes, 1016 anisotropic Gaussians each, mean 0, σ_data
-0.5). Ground truth comes from the exact mixture (`edmguide.gmm.GaussianMixtureDenoiser`).
+0.5). Ground truth comes from the exact mixture (`edmguide.sampler.gmm.GaussianMixtureDenoiser`).
 
 Models (all `mlp.ToyDenoiser`, shipped as persistent pickles in `assets/`):
 - `main`:      width 64, 4096 iterations, trained on class A only (the "conditional" model);
@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from edmguide.demo.data import one_hot
-from edmguide.gmm import GaussianMixtureDenoiser
-from edmguide.guidance import GuidanceSchedule
-from edmguide.images import atomic_write
-from edmguide.loading import load_pickle
-from edmguide.sampling import SamplerOptions, sample
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.util.images import atomic_write
+from edmguide.nets.loading import load_pickle
+from edmguide.sampler.sampling import SamplerOptions, sample
 from edmguide.toys import mlp
 from edmguide.toys.common import plt, save_figure
 from edmguide.toys.tree import make_two_class_trees

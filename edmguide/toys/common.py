@@ -8,7 +8,7 @@ import PIL.Image
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 
-from edmguide.images import atomic_write  # noqa: E402
+from edmguide.util.images import atomic_write  # noqa: E402
 
 
 def save_figure(fig, path, dpi=100):
@@ -27,7 +27,7 @@ def save_figure(fig, path, dpi=100):
 
 
 def trajectory_recorder(store):
-    """A `progress` callback for `edmguide.sampling.sample` that appends (sigma_next, x) per step."""
+    """A `progress` callback for `edmguide.sampler.sampling.sample` that appends (sigma_next, x) per step."""
     def record(info):
         store.append((info['sigma_next'], info['x'].detach().reshape(len(info['x']), -1).cpu().clone()))
     return record

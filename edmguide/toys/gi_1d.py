@@ -2,7 +2,7 @@
 
 Data: two classes on the real line. Class A (the one we sample) has two modes; class B sits on top
 of A's right mode, so there p(A | x) is low. Sampling class A with the exact denoiser of
-`edmguide.gmm` and the shared Heun sampler, three ways:
+`edmguide.sampler.gmm` and the shared Heun sampler, three ways:
 
 - no guidance: reproduces p(x | A) (both modes, right widths);
 - CFG over all noise levels (guide = the unconditional mixture): at high σ the guide pushes every
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from edmguide.demo.data import one_hot
-from edmguide.gmm import GaussianMixtureDenoiser
-from edmguide.guidance import GuidanceSchedule
-from edmguide.sampling import SamplerOptions, sample
+from edmguide.sampler.gmm import GaussianMixtureDenoiser
+from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.sampler.sampling import SamplerOptions, sample
 from edmguide.toys.common import plt, save_figure, trajectory_recorder
 
 #----------------------------------------------------------------------------

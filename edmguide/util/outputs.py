@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 
 def _nearest_existing(path):
@@ -134,7 +134,7 @@ def claim_image_folder(outdir, settings, *, overwrite=False, write=True, option=
     Only a caller with `write` changes anything (rank 0 under torchrun; the others only check).
     Returns the number of seed images deleted.
     """
-    from edmguide.images import atomic_write
+    from edmguide.util.images import atomic_write
     record_path = os.path.join(outdir, FOLDER_RECORD)
     previous = _read_record(record_path)
     if previous == settings:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 import dnnlib
-from edmguide import sampling, seeds as seedlib
-from edmguide.errors import UserError
+from edmguide.sampler import sampling
+from edmguide.sampler import seeds as seedlib
+from edmguide.util.errors import UserError
 from torch_utils import distributed as dist
 
 

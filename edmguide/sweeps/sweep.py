@@ -33,14 +33,18 @@ import numpy as np
 import torch
 
 import dnnlib
-from edmguide import digests, images as imagelib, loading, sampling, sweep_report
-from edmguide.errors import UserError
-from edmguide.generation import generate_setting_batches, pick_device, resolve_guidance
-from edmguide.guidance import Interval, parse_interval, parse_sigma_range
+from edmguide.nets import digests
+from edmguide.util import images as imagelib
+from edmguide.nets import loading
+from edmguide.sampler import sampling
+from edmguide.sweeps import sweep_report
+from edmguide.util.errors import UserError
+from edmguide.jobs.generation import generate_setting_batches, pick_device, resolve_guidance
+from edmguide.sampler.guidance import Interval, parse_interval, parse_sigma_range
 from edmguide.metrics import kinds, pipeline, stats as stats_lib
-from edmguide.outputs import check_output_dir
-from edmguide.progress import progress_bar
-from edmguide.schedule import SamplerOptions
+from edmguide.util.outputs import check_output_dir
+from edmguide.util.progress import progress_bar
+from edmguide.sampler.schedule import SamplerOptions
 from torch_utils import distributed as dist
 
 SETTINGS_FILE = 'sweep-settings.json'

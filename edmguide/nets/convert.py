@@ -1,9 +1,9 @@
 """Convert a network pickle into a verified `.safetensors` file that loads without running code.
 
-    python -m edmguide.convert IN.pkl OUT.safetensors [--overwrite]
+    python -m edmguide.nets.convert IN.pkl OUT.safetensors [--overwrite]
 
 Opening IN runs the Python code embedded in the pickle, once; this is the only step that does.
-The network must be of a class this project implements (`edmguide.weights.NETWORK_CLASSES`: EDM2
+The network must be of a class this project implements (`edmguide.nets.weights.NETWORK_CLASSES`: EDM2
 `Precond`/`UNet`, the demo's `DigitFeatureNet`; encoders `StandardRGBEncoder`/`StabilityVAEEncoder`),
 in any of the pickle layouts the loader accepts (EDM2 EasyDict, EDM v1 / guidance-interval dict
 with `ema`, bare module). Before anything is written, the converted bytes are loaded back with the
@@ -11,7 +11,7 @@ code-free loader and compared with the pickle's own objects: module tree, every 
 the sigma range samplers read, the encoder's state, and the outputs on fixed random inputs (eight
 noise levels, with and without class labels, and the log-variance head) to 1e-6 relative. Any
 difference refuses the conversion with one line naming it. That check runs on the CPU in float32;
-the pickle's embedded source is also compared with this project's (`edmguide.embedded_source`),
+the pickle's embedded source is also compared with this project's (`edmguide.nets.embedded_source`),
 and the verdict is printed and recorded in the metadata (`code`).
 
 OUT is written atomically, and never replaces anything silently: an OUT that is the input itself
@@ -29,10 +29,12 @@ import click
 import numpy as np
 import torch
 
-from edmguide import embedded_source, loading, weights
-from edmguide.errors import UserError, run_cli
-from edmguide.images import atomic_write
-from edmguide.outputs import check_output_file
+from edmguide.nets import embedded_source
+from edmguide.nets import loading
+from edmguide.nets import weights
+from edmguide.util.errors import UserError, run_cli
+from edmguide.util.images import atomic_write
+from edmguide.util.outputs import check_output_file
 
 RTOL = 1e-6
 SIGMAS = (0.002, 0.02, 0.2, 0.5, 1.0, 3.0, 20.0, 80.0)
@@ -69,7 +71,7 @@ def describe_encoder(encoder, name):
     return dict({'class': qualname}, **weights.describe(encoder, f'{name}: encoder'))
 
 def check_code(net, encoder, name):
-    """What the pickle's embedded source is, against this project's modules (edmguide.embedded_source)."""
+    """What the pickle's embedded source is, against this project's modules (edmguide.nets.embedded_source)."""
     entries = []
     for obj, known in [(net, weights.NETWORK_CLASSES), (encoder, weights.ENCODER_CLASSES)]:
         if obj is None:

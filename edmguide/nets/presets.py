@@ -9,7 +9,7 @@ import os
 import dnnlib
 
 EDM2_URL = 'https://nvlabs-fi-cdn.nvidia.com/edm2/posthoc-reconstructions/'
-DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'demo', 'assets')
+DEMO_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'demo', 'assets')  # edmguide/demo/assets
 
 
 def _edm2(net, gnet=None, guidance=None, interval=None, metric=None):

@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from edmguide.errors import UserError
-from edmguide.guidance import GuidanceSchedule, Interval, check_weight
+from edmguide.util.errors import UserError
+from edmguide.sampler.guidance import GuidanceSchedule, Interval, check_weight
 
 MODES = ('edm2', 'gi')
 INIT_NOISE = ('edm', 'sgm')  # starting state t_0 * noise, or sqrt(1 + t_0^2) * noise (see SamplerOptions)
@@ -274,12 +274,12 @@ class Schedule:
 
     def check_branches(self, branches):
         """Check every (gnet, guidance) branch against this schedule before sampling (`sampling.step_keys`)."""
-        from edmguide import sampling  # sampling imports this module
+        from edmguide.sampler import sampling  # sampling imports this module
         sampling.step_keys(branches, self)
 
     def sample_tree(self, net, noise, labels, branches, *, randn_like, counter):
         """This schedule's sampler for several branches at once: `sampling.sample_tree` on it."""
-        from edmguide import sampling  # sampling imports this module
+        from edmguide.sampler import sampling  # sampling imports this module
         return sampling.sample_tree(net, noise, labels, branches, self, randn_like=randn_like, counter=counter)
 
     def describe_levels(self, limit=8):

@@ -10,7 +10,7 @@ scaled-linear betas 0.00085..0.012 over 1000 steps) becomes an EDM denoiser D(x;
 - epsilon prediction: D = x - s * eps;  v prediction: D = x / (s^2 + 1) - s / sqrt(s^2 + 1) * v.
 
 `BoundDenoiser` binds one prompt's conditioning (text embeddings, pooled embedding, size/crop ids)
-so the result is a plain D(x, sigma, labels) with labels unused: `edmguide.sampling.sample` runs it
+so the result is a plain D(x, sigma, labels) with labels unused: `edmguide.sampler.sampling.sample` runs it
 unchanged, with the unconditional (negative-prompt) binding as the guiding net, evaluated only
 where w != 1.
 
@@ -37,7 +37,7 @@ import os
 
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 # The paper's SD-XL sampler (shared/spec/paper-settings.md): 32 Heun steps, sigma 14.61 -> 0.03,
 # rho = 3; interval (0.28, 5.42] = steps 10..25 of that schedule, w = 16.
@@ -254,7 +254,7 @@ def default_options(**changes):
     """The SD-XL sampler's `SamplerOptions` (the paper's: 32 Heun steps, sigma 14.61 -> 0.03, rho 3,
     'edm2' float32 arithmetic, starting from sqrt(1 + sigma_0^2) * noise as generative-models'
     HeunEDMSampler), with `changes` (fields given on the command line) applied."""
-    from edmguide.schedule import SamplerOptions
+    from edmguide.sampler.schedule import SamplerOptions
     return SamplerOptions(**{**DEFAULTS, "init_noise": DEFAULT_INIT_NOISE, **changes})
 
 
@@ -263,7 +263,7 @@ def default_interval(schedule):
     of the default 32-step schedule (t_26 = 0.2809, t_10 = 5.4173), so on that schedule it is
     steps 10..25 exactly (taken literally, 0.28 < t_26 would also guide step 26); on any other
     schedule it is the literal range."""
-    from edmguide.guidance import Interval
+    from edmguide.sampler.guidance import Interval
     opts = schedule.options
     if all(getattr(opts, k) == v for k, v in DEFAULTS.items()) and opts.mode == 'edm2' and opts.dtype is None:
         return Interval.of_steps(*DEFAULT_INTERVAL)
@@ -282,7 +282,7 @@ def check_empty_negative(empty_negative):
 
 
 def _noise(model, seeds):
-    from edmguide.seeds import StackedRandomGenerator
+    from edmguide.sampler.seeds import StackedRandomGenerator
     rng = StackedRandomGenerator(model.device, seeds)
     res = model.denoiser.img_resolution
     return rng, rng.randn([len(seeds), model.denoiser.img_channels, res, res], device=model.device)
@@ -292,7 +292,7 @@ def sample_latents(model, cond, uncond, seeds, guidance, schedule, *, counter=No
     """Latents for `seeds` (one batch): per-seed noise from StackedRandomGenerator, the EDM Heun
     sampler on `schedule`, whose options also say the starting state (`default_options()`:
     sqrt(1 + sigma_0^2) * noise, as generative-models; init_noise='edm': sigma_0 * noise)."""
-    from edmguide import sampling
+    from edmguide.sampler import sampling
     net = BoundDenoiser(model.denoiser, cond)
     gnet = BoundDenoiser(model.denoiser, uncond)
     rng, noise = _noise(model, seeds)
@@ -306,10 +306,10 @@ def generate_sdxl_images(model, prompt, seeds, outdir, schedule, *, negative_pro
     """One `<seed:06d>.png` per seed in `outdir`; `guidance` is a GuidanceSchedule, a number or None
     (see `sdxl_guidance`); `empty_negative` as in `encode_prompt`.
     Prints the evaluations per image (main / guide). Returns the written paths."""
-    from edmguide import images as imagelib
-    from edmguide.outputs import check_output_dir
-    from edmguide.progress import progress_bar
-    from edmguide.sampling import EvalCounter
+    from edmguide.util import images as imagelib
+    from edmguide.util.outputs import check_output_dir
+    from edmguide.util.progress import progress_bar
+    from edmguide.sampler.sampling import EvalCounter
     check_empty_negative(empty_negative)
     check_output_dir(outdir, '--outdir')
     seeds = list(seeds)
@@ -343,7 +343,7 @@ def figure_methods(name):
     lower bound swept (upper bound 5.42). The sweep values are this project's choice of levels
     along the schedule (`SWEEP_STARTS`, `SWEEP_STOPS`); the paper's Fig. 8 shows the same kind of sweep.
     """
-    from edmguide.guidance import GuidanceSchedule, Interval
+    from edmguide.sampler.guidance import GuidanceSchedule, Interval
     schedule = default_options().schedule()
     if name == 'sdxl-fig6':
         return [('CFG w=2, all sigma', GuidanceSchedule.constant(2)),
@@ -381,8 +381,9 @@ def render_sdxl_figure(model, name, prompts, seeds, outdir, *, negative_prompt='
     """`<outdir>/<name>.png`: one labelled row per method, one column per (prompt, seed); every row
     uses the same noise. All rows of a batch run as one `sample_tree`, so steps they share are
     computed once. Returns the path."""
-    from edmguide import images as imagelib, sampling
-    from edmguide.figures import layout_comparison
+    from edmguide.util import images as imagelib
+    from edmguide.sampler import sampling
+    from edmguide.jobs.figures import layout_comparison
     methods = figure_methods(name)
     schedule = default_options(init_noise=init_noise).schedule(device=model.device)
     uncond = encode_prompt(model, negative_prompt, negative=True, empty_negative=empty_negative)

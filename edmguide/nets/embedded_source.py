@@ -2,7 +2,7 @@
 
 A persistent object in a pickle carries the full source of the module that defined its class
 (`torch_utils.persistence`), and that source is what ran when the pickle was opened. The converter
-(`edmguide.convert`) verifies the rebuilt network numerically, but only on the CPU in float32; the
+(`edmguide.nets.convert`) verifies the rebuilt network numerically, but only on the CPU in float32; the
 float16 path (`use_fp16`) runs only on CUDA. This module compares the embedded source with this
 project's module of the same role, without running anything (text and `ast` only), and says how
 far they agree:

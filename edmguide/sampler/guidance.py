@@ -19,7 +19,7 @@ import math
 import operator
 import re
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 #----------------------------------------------------------------------------
 # The weight.

@@ -12,13 +12,13 @@ import sys
 
 import click
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 NUMERICS_HELP = ("which upstream sampler's arithmetic to reproduce: 'edm2' (float32, as NVlabs/edm2) or "
                  "'gi' (float64, sigma clamped/rounded by the net, as kynkaat/guidance-interval)")
 GUIDANCE_SIGMA_HELP = 'Guide only noise levels in "(lo, hi]", e.g. "(0.1886, 1.6086]" (also accepted: lo,hi)'
 PICKLE_NOTE = ('Pickles (networks, reference statistics .pkl) contain Python code that runs when they are opened: '
-               'open only pickles you trust. .safetensors files made by python -m edmguide.convert hold no code '
+               'open only pickles you trust. .safetensors files made by python -m edmguide.nets.convert hold no code '
                '(README: "Weights without code").')
 
 
@@ -28,7 +28,7 @@ SAMPLER_FIELDS = ('num_steps', 'sigma_min', 'sigma_max', 'rho', 'S_churn', 'S_mi
 def parse_guidance_options(interval_text, sigma_text, weight=None, weight_option='--guidance'):
     """(--guidance_interval, --guidance_sigma) strings -> one `guidance.Interval` (every step if
     neither); the guidance weight, if given, is checked with them (`guidance.check_weight`), before any work."""
-    from edmguide.guidance import Interval, check_weight
+    from edmguide.sampler.guidance import Interval, check_weight
     if weight is not None:
         check_weight(weight, weight_option)
     return Interval.from_options(interval_text, sigma_text)
@@ -67,7 +67,7 @@ def sampler_options(func):
 
     @functools.wraps(func)
     def checked(*args, **kwargs):
-        from edmguide.schedule import SamplerOptions  # imports torch: only once a command runs
+        from edmguide.sampler.schedule import SamplerOptions  # imports torch: only once a command runs
         fields = {key: kwargs.pop(key) for key in SAMPLER_FIELDS}
         try:
             kwargs['sampler'] = SamplerOptions(**fields)

@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from edmguide.errors import with_path
+from edmguide.util.errors import with_path
 
 
 def to_hwc_uint8(image):

@@ -30,12 +30,14 @@ import zipfile
 
 import PIL.Image
 
-from edmguide import digests, images as imagelib, seeds as seedlib
-from edmguide.errors import UserError, describe_os_error
-from edmguide.runlock import LOCK_NAME, RunLock
-from edmguide.generation import generate_batches
-from edmguide.loading import network_stem
-from edmguide.progress import progress_bar
+from edmguide.nets import digests
+from edmguide.util import images as imagelib
+from edmguide.sampler import seeds as seedlib
+from edmguide.util.errors import UserError, describe_os_error
+from edmguide.util.runlock import LOCK_NAME, RunLock
+from edmguide.jobs.generation import generate_batches
+from edmguide.nets.loading import network_stem
+from edmguide.util.progress import progress_bar
 from torch_utils import distributed as dist
 
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)

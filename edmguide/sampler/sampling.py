@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from edmguide.errors import UserError
-from edmguide.schedule import SamplerOptions, Schedule, check_sampler_options, noise_levels, round_sigma
+from edmguide.util.errors import UserError
+from edmguide.sampler.schedule import SamplerOptions, Schedule, check_sampler_options, noise_levels, round_sigma
 
 __all__ = ['EvalCounter', 'SamplerOptions', 'Schedule', 'check_sampler_options', 'guided_denoiser', 'make_schedule',
            'noise_levels', 'sample', 'sample_tree', 'step_keys', 'tree_evaluations']

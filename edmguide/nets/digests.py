@@ -13,7 +13,7 @@ told apart by `legacy_form`: they can be recognised, never proven.
 
 import hashlib
 
-from edmguide import loading
+from edmguide.nets import loading
 
 CHUNK = 1 << 20
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 #----------------------------------------------------------------------------
 # One generator per seed.

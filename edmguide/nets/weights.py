@@ -1,7 +1,7 @@
 """Network weights without code: this project's `.safetensors` format and its loader.
 
 A `.safetensors` file holds tensors and a string-to-string metadata table, and nothing that can
-run. `python -m edmguide.convert` writes one from a network pickle; this module reads it back by
+run. `python -m edmguide.nets.convert` writes one from a network pickle; this module reads it back by
 rebuilding the network with THIS project's class, named in the metadata, and loading the tensors
 into it. Nothing here unpickles: no `pickle.load`/`loads`, `torch.load` or `exec` (building a
 persistent class only runs its pickle-ability self-check, a `pickle.dump` of the constructor
@@ -11,7 +11,7 @@ Layout of a file:
 - tensors `net.<state_dict key>`: every parameter and buffer of the network, in its stored dtype;
 - metadata key `edmguide`: a JSON object (`format`, `format_version`, `net` {class, init_args,
   init_kwargs, attributes}, `encoder` {class, init_args, init_kwargs} or null, `source`
-  {file, sha256}, `code` (what `edmguide.embedded_source` found of the pickle's own source),
+  {file, sha256}, `code` (what `edmguide.nets.embedded_source` found of the pickle's own source),
   `weights_sha256`, `torch_version`, `fields_sha256`, `metadata_sha256`).
 
 `weights_sha256` is the sha256 of the tensors in a canonical form (sorted names, each with dtype,
@@ -41,7 +41,7 @@ import struct
 import numpy as np
 import torch
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 FORMAT = 'edmguide-weights'
 FORMAT_VERSION = 2
@@ -239,7 +239,7 @@ def read_metadata(header, name):
     """This project's metadata from a parsed header, checked field by field (one line per problem)."""
     table = header.get('__metadata__')
     if not isinstance(table, dict) or METADATA_KEY not in table:
-        raise UserError(f'{name}: no edmguide metadata (write such files with python -m edmguide.convert)')
+        raise UserError(f'{name}: no edmguide metadata (write such files with python -m edmguide.nets.convert)')
     try:
         meta = json.loads(table[METADATA_KEY])
     except ValueError:

@@ -11,7 +11,7 @@ import fcntl
 import os
 import socket
 
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 LOCK_NAME = 'lock'
 

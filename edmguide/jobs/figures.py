@@ -12,12 +12,12 @@ import os
 import numpy as np
 
 import dnnlib
-from edmguide import images as imagelib
-from edmguide.generation import generate_batches, generate_setting_batches
-from edmguide.guidance import Interval
-from edmguide.schedule import SamplerOptions
-from edmguide.guidance import method_tag
-from edmguide.seeds import gi_seeds
+from edmguide.util import images as imagelib
+from edmguide.jobs.generation import generate_batches, generate_setting_batches
+from edmguide.sampler.guidance import Interval
+from edmguide.sampler.schedule import SamplerOptions
+from edmguide.sampler.guidance import method_tag
+from edmguide.sampler.seeds import gi_seeds
 
 THICK_BOX = 7e-3    # line width of the box on the full image (4 px at 512)
 THIN_BOX = 4e-3     # line width of the frame around the zoomed inset (2 px at 512)
@@ -50,7 +50,7 @@ FIGURES = {
 
 def parse_figure_names(text):
     """'all' or a comma-separated list of names from FIGURES (in the given order)."""
-    from edmguide.errors import UserError
+    from edmguide.util.errors import UserError
     names = list(FIGURES) if text.strip() == 'all' else [n.strip() for n in text.split(',') if n.strip()]
     unknown = [n for n in names if n not in FIGURES]
     if unknown or not names:
@@ -68,7 +68,7 @@ def figure_images(name):
 
 def check_figure_classes(names, net, net_path='the network'):
     """Refuse, before anything is rendered, figures whose classes the network does not have."""
-    from edmguide.errors import UserError
+    from edmguide.util.errors import UserError
     label_dim = int(getattr(net, 'label_dim', 0) or 0)
     if not label_dim:
         raise UserError(f'{net_path}: the figures need a class-conditional network (label_dim is 0)')

@@ -2,8 +2,8 @@
 
 EDM2, EDM v1 and guidance-interval pickles are plain pickles whose objects carry the source code
 of their classes: opening a pickle RUNS CODE FROM IT. Only load pickles from sources you trust.
-`.safetensors` files written by `python -m edmguide.convert` hold weights and metadata only; they
-are read by `edmguide.weights`, which never unpickles, and give the same `(net, encoder)`.
+`.safetensors` files written by `python -m edmguide.nets.convert` hold weights and metadata only; they
+are read by `edmguide.nets.weights`, which never unpickles, and give the same `(net, encoder)`.
 
 Every problem a user can cause (missing file, corrupt or truncated file, unreachable URL, a pickle
 that holds no network) becomes a one-line `UserError` naming the file.
@@ -17,7 +17,7 @@ import sys
 import torch
 
 import dnnlib
-from edmguide.errors import UserError
+from edmguide.util.errors import UserError
 
 #----------------------------------------------------------------------------
 
@@ -35,10 +35,10 @@ def _local_path(path_or_url):
 
 def is_safetensors(path_or_url):
     """True for `.safetensors` names (paths or URLs): these are loaded without unpickling."""
-    from edmguide.weights import is_safetensors as check
+    from edmguide.nets.weights import is_safetensors as check
     return check(path_or_url)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # edmguide/nets/ -> repository
 _noted = set()  # files the code-execution note was printed for, in this process
 
 def _inside_repo(local):
@@ -115,8 +115,8 @@ def network_stem(path_or_url):
     return base[:-len('.safetensors')] if base.lower().endswith('.safetensors') else base.split('.pkl')[0]
 
 def load_safetensors(path_or_url, *, verbose=False):
-    """`(net, encoder)` from a `.safetensors` file or URL; never unpickles (see edmguide.weights)."""
-    from edmguide import weights
+    """`(net, encoder)` from a `.safetensors` file or URL; never unpickles (see edmguide.nets.weights)."""
+    from edmguide.nets import weights
     name = os.fspath(path_or_url)
     return weights.load_bytes(weights.read_file(_open_download(name, verbose=verbose), name), name)
 
@@ -139,7 +139,7 @@ def _default_encoder(img_channels):
 def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False, vae=None):
     """Load a denoiser and its pixel encoder: `(net, encoder)`.
 
-    A `.safetensors` path or URL (see `edmguide.convert`) gives the same result without unpickling.
+    A `.safetensors` path or URL (see `edmguide.nets.convert`) gives the same result without unpickling.
     The net is `data['ema']` of a training pickle, or the pickle itself when it is a bare module
     (EDM2 toy pickles; these may lack `img_channels` and get no encoder). It is moved to `device`,
     put in eval mode and frozen. Released EDM2 weights stay float16 in memory; the network casts
@@ -149,14 +149,14 @@ def load_network(path_or_url, device='cpu', *, want_encoder=True, verbose=False,
 
     `vae` is the explicit choice of VAE (a diffusers model id or local folder) for a latent-space
     net: it replaces the name the file or pickle records. Without it, a `.safetensors` whose
-    encoder names a VAE outside `edmguide.weights.KNOWN_VAE_NAMES` is refused (unless
+    encoder names a VAE outside `edmguide.nets.weights.KNOWN_VAE_NAMES` is refused (unless
     `want_encoder` is False: a guiding net's encoder is never used).
     """
     name = os.fspath(path_or_url)
     if is_safetensors(name):
         net, encoder = load_safetensors(name, verbose=verbose)
         if want_encoder:
-            from edmguide.weights import check_vae_name
+            from edmguide.nets.weights import check_vae_name
             check_vae_name(encoder, name, vae)
         data = dict(ema=net, encoder=encoder) if hasattr(net, 'img_channels') else net  # bare like toy pickles
     else:

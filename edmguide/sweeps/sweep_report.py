@@ -1,4 +1,4 @@
-"""Reports of a guidance sweep (`edmguide.sweep`): sweep.jsonl, sweep.md and PNG plots.
+"""Reports of a guidance sweep (`edmguide.sweeps.sweep`): sweep.jsonl, sweep.md and PNG plots.
 
 - `sweep.jsonl`: one JSON object per setting (guidance, interval, sigma, every metric, num_images,
   evaluations per image of the main and the guiding net when the setting runs alone, ...).
@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from edmguide import images as imagelib
+from edmguide.util import images as imagelib
 
 
 def _groups(records):
