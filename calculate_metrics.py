@@ -144,8 +144,8 @@ def ref(image_path, dest_path, metrics, max_pr_images, pr_subset, seed, max_batc
 def dit_options(func):
     """The DiT options `gen` and `sweep` share: --dit selects DiT mode, the others apply only with it."""
     options = [
-        click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler; "
-                     "gen's default guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL',
+        click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler guided "
+                     "by its null class (gen's default: the paper's FID setting w = 2.5 on sigma in (0.34, 1.02])", metavar='MODEL',
                      default=None),
         click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE'),
         click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), help='DiT mode: timestep embedding  [default: dit]'),

@@ -11,7 +11,9 @@ with the same seeds and batch size. Each setting's statistics accumulate in the 
 continues where it stopped. The folder's settings (`sweep-settings.json`, input files by SHA-256,
 see `digests`) must prove that its checkpoints and results are this sweep's, else the run is
 refused (or, with `overwrite`, they are discarded). `sweep_report` writes the results; a dry
-rendering with placeholder values runs before the first image.
+rendering with placeholder values runs before the first image. The sweep asks its schedule for
+everything sampler-specific (`guidance`, `levels`, `guided_steps`, `tree_evaluations`), so DiT's
+sampler (`dit.DiTSchedule`, guided by the network's null class) sweeps the same way.
 
 Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
 `--guidance_interval`), `(lo, hi]` (noise range, as `--guidance_sigma`), and the grid
@@ -537,6 +539,7 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
     guided = any(w != 1 for w in weights)
     if dit is not None:
         schedule = dit.schedule()  # DiT's levels need no network: every interval is resolved now
+        class_idx = dit.check_class(class_idx)
         for w in weights:
             check_weight(w, '--guidance')
         for interval in intervals:

@@ -140,6 +140,7 @@ def test_tree_evaluations_of_both_schedules_agree_with_their_samplers():
     (['--numerics', 'gi'], '--numerics would be ignored'),
     (['--interval', '(5000, 6000]'], 'guides none of DiT'),
     (['--interval', '[100, 250]'], '0 <= start <= stop <= 249'),
+    (['--class', '1000'], 'class 1000 is outside 0..999'),
 ])
 def test_bad_dit_sweep_input_is_one_line_and_writes_nothing(ref, tmp_path, args, needle):
     result = run(ref, tmp_path / 'out', *args)
@@ -151,3 +152,19 @@ def test_dit_options_without_dit_are_refused(ref, tmp_path):
     result = invoke(calculate_metrics.edm2_cli, ['sweep', '--net', 'x.pkl', '--ref', ref, '--guidance', '2',
                                                  '--outdir', tmp_path / 'out', '--dit_mapping', 'model'])
     assert_one_line_error(result, '--dit_mapping only apply with --dit')
+
+
+def test_a_dit_checkpoint_replaced_at_the_same_path_is_refused(ref, tmp_path):
+    model = tmp_path / 'DiT-XL-2-512x512.pt'
+    model.write_bytes(b'weights 1')  # the stand-in loader ignores the contents; the sweep records their digest
+
+    def run_one(outdir):
+        return invoke(calculate_metrics.edm2_cli, ['sweep', '--dit', model, '--ref', ref, '--num', '2', '--batch', '2',
+                                                   '--device', 'cpu', '--outdir', outdir, '--guidance', '2.5',
+                                                   '--interval', '[240, 249]'])
+    assert run_one(tmp_path / 'out').exit_code == 0
+    with open(tmp_path / 'out' / 'sweep-settings.json', encoding='utf-8') as f:
+        assert json.load(f)['inputs']['dit']['sha256']
+    assert run_one(tmp_path / 'out').exit_code == 0  # the same inputs: finished, nothing to redo
+    model.write_bytes(b'weights 2')
+    assert_one_line_error(run_one(tmp_path / 'out'), 'a different dit file')

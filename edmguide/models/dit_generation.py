@@ -261,6 +261,10 @@ class DiTModel:
     def schedule(self, device=None):
         return self.options.schedule(device=device)
 
+    def check_class(self, class_idx):
+        """None (a class per seed) or one class in 0..999, else one `error:` line."""
+        return None if class_idx is None else dit.check_classes(class_idx)[0]
+
     def record(self, ref_path):
         """What identifies the sweep's inputs (besides `DiTOptions.as_record`, which the sweep
         records itself): files by SHA-256 (a .pt checkpoint, a VAE file, the reference), hub ids and
