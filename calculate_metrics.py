@@ -53,9 +53,11 @@ def _init_distributed():
     dist.init()
 
 metrics_help = 'Comma-separated metrics  [default: fid,fd_dinov2, those the reference has]'
-DIT_GEN_OPTIONS = ('dit', 'dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels', 'guidance', 'guidance_interval',
-                   'guidance_sigma', 'ref_path', 'metrics', 'num_images', 'seed', 'max_batch_size', 'class_idx', 'device',
-                   'threads')
+DIT_OPTIONS = ('dit', 'dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels')
+DIT_GEN_OPTIONS = DIT_OPTIONS + ('guidance', 'guidance_interval', 'guidance_sigma', 'ref_path', 'metrics', 'num_images',
+                                 'seed', 'max_batch_size', 'class_idx', 'device', 'threads')
+DIT_SWEEP_OPTIONS = DIT_OPTIONS + ('weights', 'intervals', 'outdir', 'checkpoint_every', 'overwrite', 'ref_path',
+                                   'metrics', 'num_images', 'seed', 'max_batch_size', 'class_idx', 'device', 'threads')
 device_option = click.option('--device', help='Torch device  [default: cuda if present, else cpu]', type=str, default=None)
 
 #----------------------------------------------------------------------------
@@ -139,10 +141,50 @@ def ref(image_path, dest_path, metrics, max_pr_images, pr_subset, seed, max_batc
     if dist.get_rank() == 0:
         print(f'Saved reference statistics to "{dest_path}"')
 
+def dit_options(func):
+    """The DiT options `gen` and `sweep` share: --dit selects DiT mode, the others apply only with it."""
+    options = [
+        click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler guided "
+                     "by its null class (gen's default: the paper's FID setting w = 2.5 on sigma in (0.34, 1.02])", metavar='MODEL',
+                     default=None),
+        click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE'),
+        click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), help='DiT mode: timestep embedding  [default: dit]'),
+        click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]"),
+        click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]'),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+def _given_options():
+    """{parameter name: its first spelling} of the options given on the command line."""
+    ctx = click.get_current_context()
+    return {p.name: p.opts[0] for p in ctx.command.params
+            if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
+
+def _check_dit_mode(given, dit, allowed):
+    """One `error:` line for an option the mode given does not use: an EDM2 option with --dit, a
+    DiT option without it."""
+    if dit:
+        unused = [spelling for name, spelling in given.items() if name not in allowed]
+        if unused:
+            raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
+    else:
+        dit_only = [given[name] for name in DIT_OPTIONS[1:] if name in given]
+        if dit_only:
+            raise UserError(f'{", ".join(dit_only)} only apply with --dit')
+
+def _dit_model(dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels):
+    """The `dit_generation.DiTModel` of the DiT options (defaults where not given)."""
+    from edmguide.models import dit as ditlib, dit_generation
+    options = ditlib.DiTOptions(mapping=dit_mapping or ditlib.DEFAULT_MAPPING, guide_channels=dit_guide_channels or '3')
+    return dit_generation.DiTModel(dit, vae=dit_vae or dit_generation.DEFAULT_VAE, embedding=dit_embedding or 'dit',
+                                   options=options)
+
 def generation_options(func):
     """The options `gen` and `sweep` share (the networks, reference, seeds, sampler and device)."""
     options = [
-        click.option('--net', 'net_path', help='Main network pickle or .safetensors  [required unless gen --dit]', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
+        click.option('--net', 'net_path', help='Main network pickle or .safetensors  [required unless --dit]', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
         click.option('--gnet', 'gnet_path', help='Guiding network pickle or .safetensors', metavar='PKL|SAFETENSORS|URL', type=str, default=None),
         click.option('--numerics', 'mode', help=NUMERICS_HELP, type=click.Choice(['edm2', 'gi']), default='edm2', show_default=True),
         click.option('--class', 'class_idx', help='Class label  [default: random]', type=click.IntRange(min=0), default=None),
@@ -161,43 +203,30 @@ def generation_options(func):
 @click.option('--guidance', help='Guidance weight w (none or 1 = no guidance)', type=float, default=None)
 @click.option('--guidance_interval', help='Guide only steps [start, stop] (inclusive), e.g. "[17, 22]"', type=str, default=None)
 @click.option('--guidance_sigma', help=cli.GUIDANCE_SIGMA_HELP, metavar='"(LO, HI]"', type=str, default=None)
-@click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler; default "
-              "guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL', default=None)
-@click.option('--dit_vae', help='DiT mode: VAE id or folder  [default: stabilityai/sd-vae-ft-ema]', metavar='VAE')
-@click.option('--dit_embedding', type=click.Choice(list(cli.DIT_EMBEDDINGS)), help='DiT mode: timestep embedding  [default: dit]')
-@click.option('--dit_mapping', type=click.Choice(['paper', 'model']), help="DiT mode: a step's sigma  [default: paper]")
-@click.option('--dit_guide_channels', type=click.Choice(['3', 'all']), help='DiT mode: guided latent channels  [default: 3]')
+@dit_options
 @generation_options
 def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_path, metrics,
         num_images, seed, device, mode, sampler, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels,
         **kwargs):
     """Metrics of a network's samples, generated on the fly (no images are written)."""
     from edmguide.metrics import pipeline
-    ctx = click.get_current_context()
-    given = {p.name: p.opts[0] for p in ctx.command.params
-             if ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE}
-    dit_only = [given[name] for name in ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels') if name in given]
+    given = _given_options()
     if not dit and net_path is None:
         raise click.UsageError("Missing option '--net' (or --dit).")
     _init_distributed()
     def job():
+        _check_dit_mode(given, dit, DIT_GEN_OPTIONS)
         if dit:
-            unused = [spelling for name, spelling in given.items() if name not in DIT_GEN_OPTIONS]
-            if unused:
-                raise UserError(f'--dit runs DiT\'s own sampler; {", ".join(unused)} would be ignored there')
             from edmguide.models import dit as ditlib, dit_generation
+            model = _dit_model(dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels)
             weight = ditlib.DEFAULT_GUIDANCE if guidance is None else guidance
             interval = (parse_guidance_options(guidance_interval, guidance_sigma, weight)
                         if guidance_interval is not None or guidance_sigma is not None else None)  # None: paper's FID
-            dit_options = ditlib.DiTOptions(mapping=dit_mapping or ditlib.DEFAULT_MAPPING,
-                                            guide_channels=dit_guide_channels or '3')
             return dit_generation.calc_metrics_for_dit(
                 dit, ref_path, parse_metrics_option(metrics), guidance=weight, interval=interval,
-                options=dit_options, embedding=dit_embedding or 'dit', vae=dit_vae or dit_generation.DEFAULT_VAE,
+                options=model.options, embedding=model.embedding, vae=model.vae,
                 num_images=num_images, seed=seed, device=device, max_batch_size=kwargs['max_batch_size'],
                 class_idx=kwargs['class_idx'])
-        if dit_only:
-            raise UserError(f'{", ".join(dit_only)} only apply with --dit')
         interval = parse_guidance_options(guidance_interval, guidance_sigma, guidance)
         return pipeline.calc_metrics_for_network(
             net_path, ref_path, parse_metrics_option(metrics), gnet_path=gnet_path, guidance=guidance,
@@ -212,17 +241,23 @@ def gen(net_path, gnet_path, guidance, guidance_interval, guidance_sigma, ref_pa
 @click.option('--outdir', help='Output folder (results, plots, checkpoints)', type=str, required=True)
 @click.option('--checkpoint_every', help='Checkpoint the statistics every N batches', type=click.IntRange(min=1), default=8, show_default=True)
 @click.option('--overwrite', help='Discard checkpoints and results in --outdir that this sweep cannot resume', is_flag=True)
+@dit_options
 @generation_options
-def sweep(mode, sampler, **kwargs):
+def sweep(mode, sampler, dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels, **kwargs):
     """Metrics of many guidance settings (weights x intervals) over the same seeds, sharing trajectory prefixes."""
-    if kwargs['net_path'] is None:
-        raise click.UsageError("Missing option '--net'.")
+    given = _given_options()
+    if not dit and kwargs['net_path'] is None:
+        raise click.UsageError("Missing option '--net' (or --dit).")
     from edmguide.sweeps import sweep as sweep_lib
     from torch_utils import distributed as dist
     _init_distributed()
-    lines = run_cli(lambda: sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')),
-                                                    sampler=sampler.replace(mode=mode), **kwargs),
-                    resume_hint=sweep_lib.RESUME_HINT)
+
+    def job():
+        _check_dit_mode(given, dit, DIT_SWEEP_OPTIONS)
+        model = _dit_model(dit, dit_vae, dit_embedding, dit_mapping, dit_guide_channels) if dit else None
+        return sweep_lib.sweep_command(metrics=parse_metrics_option(kwargs.pop('metrics')), dit=model,
+                                       sampler=None if dit else sampler.replace(mode=mode), **kwargs)
+    lines = run_cli(job, resume_hint=sweep_lib.RESUME_HINT)
     if dist.get_rank() == 0:
         print('\n'.join(lines))
 

@@ -498,9 +498,11 @@ class DiTOptions:
 
 class DiTSchedule:
     """DiT's sampler bound to its options, duck-typed like `edmguide.sampler.schedule.Schedule` for the
-    generation iterator and the zips: `options`, `levels` (each step's sigma under the mapping, in
-    sampling order), `num_steps`, `guidance(weight, interval)`, `weights(guidance)`,
-    `check_branches(branches)` and `sample_tree(net, noise, labels, branches, randn_like=, counter=)`."""
+    generation iterator, the zips and the sweep: `options`, `levels` (each step's sigma under the
+    mapping, in sampling order), `num_steps`, `guidance(weight, interval)`, `weights(guidance)`,
+    `guided_steps(guidance)`, `check_branches(branches)`, `tree_evaluations(branches)`,
+    `rounded_bounds_note(guidance, interval)` and
+    `sample_tree(net, noise, labels, branches, randn_like=, counter=)`."""
 
     def __init__(self, options=None, *, device=None):
         self.options = options if options is not None else DiTOptions()
@@ -544,6 +546,19 @@ class DiTSchedule:
                 if w != 1:
                     check_weight(w, '--guidance')
         return keys
+
+    def tree_evaluations(self, branches):
+        """(evaluations the tree makes, evaluations of separate runs) per image of the (gnet,
+        guidance) branches, as EvalCounters (`tree_evaluations`: one conditional evaluation per step,
+        one unconditional per guided step, a prefix shared while the branches guide the same steps
+        counted once), as `Schedule.tree_evaluations` counts the Heun sampler's."""
+        self.check_branches(branches)
+        return tree_evaluations([g for _, g in branches], self.options.mapping, self.num_steps)
+
+    def rounded_bounds_note(self, guidance, interval):
+        """None: DiT's noise ranges are decided on the mapping's levels as given (no rounding note)."""
+        del guidance, interval
+        return None
 
     def sample_tree(self, net, noise, labels, branches, *, randn_like, counter=None):
         """`sample_dit_tree` as the generation iterator calls a schedule's sampler: one-hot labels,

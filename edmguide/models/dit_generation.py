@@ -8,6 +8,7 @@ so the per-seed generators, batching, decoding, finiteness check and the resumab
 (`load_dit_network`, `load_dit_vae`), imported by name when a DiT is first loaded.
 """
 
+import dataclasses
 import importlib
 import os
 import sys
@@ -238,6 +239,43 @@ def calc_metrics_for_dit(model, ref_path, metrics=None, *, guidance=dit.DEFAULT_
     return pipeline.calc_metrics_for_generator(batches, num_images, ref_path, metrics, num_steps=len(chunks), ref=ref,
                                                device=device, dets=dets, progress=progress,
                                                step_images=pipeline.metric_step_images(num_images, max_batch_size))
+
+#----------------------------------------------------------------------------
+# Sweeps (calculate_metrics.py sweep --dit).
+
+@dataclasses.dataclass(frozen=True)
+class DiTModel:
+    """A DiT as `calculate_metrics.py sweep --dit` samples it (`sweep.sweep_command(dit=...)`): the
+    network, its VAE, the timestep embedding and the sampler's `dit.DiTOptions`, checked when made.
+    The sweep's guide is the network itself with the null class, named GUIDE in the results."""
+    model: str
+    vae: str = DEFAULT_VAE
+    embedding: str = 'dit'
+    options: dit.DiTOptions = dataclasses.field(default_factory=dit.DiTOptions)
+
+    GUIDE = 'null-class'
+
+    def __post_init__(self):
+        check_options(self.options, self.embedding)
+
+    def schedule(self, device=None):
+        return self.options.schedule(device=device)
+
+    def check_class(self, class_idx):
+        """None (a class per seed) or one class in 0..999, else one `error:` line."""
+        return None if class_idx is None else dit.check_classes(class_idx)[0]
+
+    def record(self, ref_path):
+        """What identifies the sweep's inputs (besides `DiTOptions.as_record`, which the sweep
+        records itself): files by SHA-256 (a .pt checkpoint, a VAE file, the reference), hub ids and
+        folders by name, and the embedding."""
+        from edmguide.nets import digests
+        inputs, names = _input_record(self.model, self.vae)
+        return dict(inputs=dict(inputs, **digests.input_record(ref=ref_path)), **names, dit_embedding=self.embedding)
+
+    def load(self, device):
+        """(net, decoder) for the generation iterator (`load_dit_models`)."""
+        return load_dit_models(self.model, vae=self.vae, embedding=self.embedding, device=device)
 
 #----------------------------------------------------------------------------
 # Zips (the 50k FID sets).

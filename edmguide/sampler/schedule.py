@@ -277,6 +277,12 @@ class Schedule:
         from edmguide.sampler import sampling  # sampling imports this module
         sampling.step_keys(branches, self)
 
+    def tree_evaluations(self, branches):
+        """(evaluations the tree makes, evaluations of separate runs) per image of the (gnet,
+        guidance) branches, as EvalCounters (`sampling.tree_evaluations` of `sampling.step_keys`)."""
+        from edmguide.sampler import sampling  # sampling imports this module
+        return sampling.tree_evaluations(sampling.step_keys(branches, self))
+
     def sample_tree(self, net, noise, labels, branches, *, randn_like, counter):
         """This schedule's sampler for several branches at once: `sampling.sample_tree` on it."""
         from edmguide.sampler import sampling  # sampling imports this module

@@ -11,7 +11,9 @@ with the same seeds and batch size. Each setting's statistics accumulate in the 
 continues where it stopped. The folder's settings (`sweep-settings.json`, input files by SHA-256,
 see `digests`) must prove that its checkpoints and results are this sweep's, else the run is
 refused (or, with `overwrite`, they are discarded). `sweep_report` writes the results; a dry
-rendering with placeholder values runs before the first image.
+rendering with placeholder values runs before the first image. The sweep asks its schedule for
+everything sampler-specific (`guidance`, `levels`, `guided_steps`, `tree_evaluations`), so DiT's
+sampler (`dit.DiTSchedule`, guided by the network's null class) sweeps the same way.
 
 Interval syntax (`parse_intervals`): `all` (every step), `[a, b]` (inclusive step indices, as
 `--guidance_interval`), `(lo, hi]` (noise range, as `--guidance_sigma`), and the grid
@@ -33,14 +35,12 @@ import numpy as np
 import torch
 
 import dnnlib
-from edmguide.nets import digests
+from edmguide.nets import digests, loading
 from edmguide.util import images as imagelib
-from edmguide.nets import loading
-from edmguide.sampler import sampling
 from edmguide.sweeps import sweep_report
 from edmguide.util.errors import UserError
 from edmguide.jobs.generation import generate_setting_batches, pick_device, resolve_guidance
-from edmguide.sampler.guidance import Interval, parse_interval, parse_sigma_range
+from edmguide.sampler.guidance import Interval, check_weight, parse_interval, parse_sigma_range
 from edmguide.metrics import kinds, pipeline, stats as stats_lib
 from edmguide.util.outputs import check_output_dir
 from edmguide.util.progress import progress_bar
@@ -381,8 +381,9 @@ def _discard(outdir):
 # The sweep.
 
 def setting_guidance(schedule, settings):
-    """The GuidanceSchedule of every setting, resolved on the sweep's one `Schedule` (a noise
-    range that guides no step of it is refused in one line naming the levels)."""
+    """The GuidanceSchedule of every setting, resolved on the sweep's one schedule (`Schedule`, or
+    another sampler's duck-typed one such as `dit.DiTSchedule`; a noise range that guides no step of
+    it is refused in one line naming the levels)."""
     out, noted = [], set()
     for s in settings:
         if s.interval is None or s.weight == 1:
@@ -393,18 +394,19 @@ def setting_guidance(schedule, settings):
     return out
 
 
-def _describe(setting, schedule, sigmas, evals):
-    """The JSON fields of one setting (without metric values)."""
-    levels = sigmas.tolist()
-    if not schedule.is_active:
+def _describe(setting, guidance, schedule, evals):
+    """The JSON fields of one setting (without metric values); `schedule`: the sweep's (its
+    `levels` and `guided_steps`)."""
+    levels = list(schedule.levels)
+    if not guidance.is_active:
         interval = sigma = None
     else:
-        found = schedule.to_step_indices(sigmas)
-        interval = list(found[0][:2]) if found and setting.interval.kind != 'all' else None
-        lo, hi, _ = schedule.segments[0]
+        found = schedule.guided_steps(guidance)
+        interval = list(found) if found and setting.interval.kind != 'all' else None
+        lo, hi, _ = guidance.segments[0]
         sigma = [lo, hi if math.isfinite(hi) else 'inf'] if setting.interval.kind != 'all' else [levels[-1], levels[0]]
     return dict(guide=setting.guide, guidance=setting.weight,
-                label=setting.interval.label if schedule.is_active else 'none',
+                label=setting.interval.label if guidance.is_active else 'none',
                 interval=interval, sigma=sigma, grid=setting.interval.grid if setting.interval else None,
                 evals_main=evals.net, evals_guide=evals.gnet)
 
@@ -413,9 +415,11 @@ def run_sweep(net, encoder, settings, schedule, *, guides, ref, ref_path, metric
               max_batch_size=32, class_idx=None, device='cpu', record=None, checkpoint_every=8, progress=True,
               overwrite=False):
     """Measure every setting on seeds seed..seed+num_images-1 on `schedule` (the sweep's one
-    `Schedule`: every setting's interval is resolved on it); returns (records, summary).
+    `Schedule`, or a duck-typed one of another sampler such as `dit.DiTSchedule`: every setting's
+    interval is resolved on it, and its `tree_evaluations` counts the evaluations); returns
+    (records, summary).
 
-    `guides`: {name: guiding net}; `record`: what identifies the run besides the settings (input
+    `guides`: {name: guiding net} (DiT: {'null-class': None}, the network guides itself); `record`: what identifies the run besides the settings (input
     files as `digests.input_record` under 'inputs', ...) for the resume check. Checkpoints go to
     `outdir` every `checkpoint_every` batches; checkpoints and results that cannot be proven to be
     this sweep's are refused, or discarded with `overwrite`. The report is rendered once with
@@ -430,11 +434,11 @@ def run_sweep(net, encoder, settings, schedule, *, guides, ref, ref_path, metric
     dist.barrier()
     dims = pipeline.reference_dims(ref, metrics, ref_path)
     dets = pipeline.build_detectors(metrics)
-    schedules, sigmas = setting_guidance(schedule, settings), schedule.sigmas
+    schedules = setting_guidance(schedule, settings)
     branches = [(guides[s.guide] if s.guide is not None else None, g) for s, g in zip(settings, schedules)]
-    keys = sampling.step_keys(branches, schedule)
-    made, separate = sampling.tree_evaluations(keys)
-    records = [_describe(s, g, sigmas, sampling.tree_evaluations([k])[0]) for s, g, k in zip(settings, schedules, keys)]
+    made, separate = schedule.tree_evaluations(branches)
+    records = [_describe(s, g, schedule, schedule.tree_evaluations([b])[0])
+               for s, g, b in zip(settings, schedules, branches)]
     saving = 1 - (made.net + made.gnet) / (separate.net + separate.gnet)
     summary = dnnlib.EasyDict(settings=len(settings), evals_sweep=dataclasses.asdict(made),
                               evals_separate=dataclasses.asdict(separate), saving=saving)
@@ -523,34 +527,50 @@ def run_sweep(net, encoder, settings, schedule, *, guides, ref, ref_path, metric
 # The command-line job.
 
 def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=None, metrics=None, num_images=50000,
-                  seed=0, max_batch_size=32, class_idx=None, sampler=None, device=None, checkpoint_every=8,
+                  seed=0, max_batch_size=32, class_idx=None, sampler=None, dit=None, device=None, checkpoint_every=8,
                   progress=True, overwrite=False):
     """`calculate_metrics.py sweep`: parse, load, run, write the report (rank 0); returns the lines to print.
 
-    `sampler`: the `SamplerOptions` (None: defaults). A rerun resumes from the checkpoints in
-    `outdir` if they were made with the same settings and input files (compared by content);
-    `overwrite` discards checkpoints and results that cannot be."""
-    sampler = sampler or SamplerOptions()
+    `sampler`: the `SamplerOptions` (None: defaults). `dit`: a `dit_generation.DiTModel` for DiT
+    mode (DiT's own sampler, guided by the network itself with its null class; `net_path`,
+    `gnet_path` and `sampler` are not used). A rerun resumes from the checkpoints in `outdir` if
+    they were made with the same settings and input files (compared by content); `overwrite`
+    discards checkpoints and results that cannot be."""
     weights = parse_weights(weights)
     intervals = parse_intervals(intervals or ['all'])
-    for w in weights:
-        sampler.check_weight(w, '--guidance')
-    for interval in intervals:
-        sampler.check_guidance(2.0, interval, '--interval')
     guided = any(w != 1 for w in weights)
-    if guided and gnet_path is None:
-        raise UserError('Please specify --gnet when using guidance')
-    guide = loading.network_stem(gnet_path) if guided else None
+    if dit is not None:
+        schedule = dit.schedule()  # DiT's levels need no network: every interval is resolved now
+        class_idx = dit.check_class(class_idx)
+        for w in weights:
+            check_weight(w, '--guidance')
+        for interval in intervals:
+            schedule.guidance(2.0, interval, what='--interval')
+        guide = dit.GUIDE if guided else None
+    else:
+        sampler = sampler or SamplerOptions()
+        for w in weights:
+            sampler.check_weight(w, '--guidance')
+        for interval in intervals:
+            sampler.check_guidance(2.0, interval, '--interval')
+        if guided and gnet_path is None:
+            raise UserError('Please specify --gnet when using guidance')
+        guide = loading.network_stem(gnet_path) if guided else None
     settings = expand_settings(weights, intervals, [guide] if guided else [])
     check_output_dir(outdir, '--outdir')  # before any work
     device = pick_device(device, note=False)
     ref = stats_lib.load_reference(ref_path)  # fail early, before loading networks
     metrics = pipeline.resolve_metrics(metrics, ref, ref_path)
     pipeline.reference_dims(ref, metrics, ref_path)
-    inputs = digests.input_record(net=net_path, gnet=gnet_path if guided else None, ref=ref_path)  # once per run
-    net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
-    record = dict(inputs=inputs, device=device.type)  # type: ranks differ in index
-    schedule = sampler.schedule(net, device=device)
+    if dit is not None:
+        record = dict(dit.record(ref_path), device=device.type)  # input files by content, once per run
+        net, encoder = dit.load(device)
+        gnet, schedule = None, dit.schedule(device)
+    else:
+        inputs = digests.input_record(net=net_path, gnet=gnet_path if guided else None, ref=ref_path)  # once per run
+        net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
+        record = dict(inputs=inputs, device=device.type)  # type: ranks differ in index
+        schedule = sampler.schedule(net, device=device)
     records, summary = run_sweep(net, encoder, settings, schedule, guides={guide: gnet}, ref=ref, ref_path=ref_path,
                                  metrics=metrics, outdir=outdir, num_images=num_images, seed=seed,
                                  max_batch_size=max_batch_size, class_idx=class_idx, device=device,
