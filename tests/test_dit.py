@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edmguide.util.errors import UserError
-from edmguide.sampler.guidance import GuidanceSchedule
+from edmguide.sampler.guidance import GuidanceSchedule, Interval
 from edmguide.models import dit
 from edmguide.sampler.seeds import StackedRandomGenerator
 from helpers_dit import TinyDiT
@@ -93,21 +93,21 @@ def test_default_is_the_paper_mapping_that_guides_75_of_250():
 def test_cfg_range_from_zero_guides_all_250_steps_under_both_mappings():
     for mapping in dit.MAPPINGS:
         assert dit.guided_steps(GuidanceSchedule.constant(1.5), mapping) == list(range(250))
-        assert dit.guided_steps(dit.dit_guidance(1.5, sigma_range=(0, INF), mapping=mapping), mapping) == list(range(250))
+        assert dit.guided_steps(dit.dit_guidance(1.5, Interval.of_sigma(0, INF), mapping=mapping), mapping) == list(range(250))
 
 
 @pytest.mark.parametrize('mapping', ['paper', 'model'])
 @pytest.mark.parametrize('start, stop', [(0, 249), (124, 198), (10, 248), (249, 249), (0, 0)])
 def test_step_indices_guide_exactly_those_steps(mapping, start, stop):
-    schedule = dit.dit_guidance(3.0, interval=(start, stop), mapping=mapping)
+    schedule = dit.dit_guidance(3.0, Interval.of_steps(start, stop), mapping=mapping)
     assert dit.guided_steps(schedule, mapping) == list(range(start, stop + 1))
 
 
 def test_interval_guiding_no_step_is_one_line_naming_the_levels():
     with pytest.raises(UserError, match=r'guides none of DiT.s 250 steps .*157\.4'):
-        dit.dit_guidance(2.5, sigma_range=(200, 300), mapping='model')
+        dit.dit_guidance(2.5, Interval.of_sigma(200, 300), mapping='model')
     with pytest.raises(UserError, match='0 <= start <= stop <= 249'):
-        dit.dit_guidance(2.5, interval=(10, 250))
+        dit.dit_guidance(2.5, Interval.of_steps(10, 250))
     with pytest.raises(UserError, match='mapping'):
         dit.step_sigmas('karras')
 
@@ -278,8 +278,8 @@ def _sample_py_loop(net, classes, seed, cfg_scale):
 def test_dit_numerics_reproduce_sample_py_bit_for_bit(net):
     classes, seed = [207, 360, 0], 11
     expected = _sample_py_loop(net, classes, seed, 4.0)
-    for guidance in (4.0, GuidanceSchedule.constant(4.0), dit.dit_guidance(4.0, sigma_range=(0, INF)),
-                     dit.dit_guidance(4.0, interval=(0, 249))):
+    for guidance in (4.0, GuidanceSchedule.constant(4.0), dit.dit_guidance(4.0, Interval.of_sigma(0, INF)),
+                     dit.dit_guidance(4.0, Interval.of_steps(0, 249))):
         got = dit.sample_dit_reference(net, classes, seed, guidance)
         assert torch.equal(got, expected)
     # An interval keeps the same stream (2n draws per step) but guides fewer steps.
@@ -311,7 +311,7 @@ def test_per_seed_images_do_not_depend_on_batch_size_or_position(row_net):
 
 
 def test_tree_equals_separate_runs_bit_for_bit(net):
-    settings = [None, dit.dit_guidance(), dit.dit_guidance(4.0), dit.dit_guidance(4.0, sigma_range=dit.FD_SIGMA_RANGE),
+    settings = [None, dit.dit_guidance(), dit.dit_guidance(4.0), dit.dit_guidance(4.0, Interval.of_sigma(*dit.FD_SIGMA_RANGE)),
                 1.5, dit.dit_guidance(2.5, mapping='model')]
     seeds, classes = [8, 9], [10, 11]
     for mapping in dit.MAPPINGS:

@@ -193,20 +193,18 @@ def step_interval_schedule(weight, start, stop, mapping=DEFAULT_MAPPING, num_ste
     return schedule
 
 
-def dit_guidance(weight=DEFAULT_GUIDANCE, interval=None, sigma_range=None, *, mapping=DEFAULT_MAPPING,
-                 num_steps=NUM_STEPS):
-    """w(sigma) for DiT from user options: step indices [start, stop] or a sigma range (lo, hi] under
-    `mapping`; with neither, the paper's FID interval (0.34, 1.02]. Use sigma_range=(0, inf) for CFG
-    at every step. Weight 1 (or None) is no guidance. A range that guides no step is refused, naming
-    the levels, because the run would silently be unguided."""
-    if interval is not None and sigma_range is not None:
-        raise UserError('give the guidance interval either as step indices or as a sigma range, not both')
+def dit_guidance(weight=DEFAULT_GUIDANCE, interval=None, *, mapping=DEFAULT_MAPPING, num_steps=NUM_STEPS):
+    """w(sigma) for DiT from a weight and an `Interval` (step indices [start, stop], a noise range
+    (lo, hi] under `mapping`, or every step); None: the paper's FID interval (0.34, 1.02].
+    Weight 1 (or None) is no guidance. A range that guides no step is refused, naming the levels,
+    because the run would silently be unguided."""
     step_sigmas(mapping, num_steps)  # checks the mapping name
     if weight is None or weight == 1:
         return GuidanceSchedule.none()
-    if interval is not None:
-        return step_interval_schedule(weight, interval[0], interval[1], mapping, num_steps)
-    lo, hi = DEFAULT_SIGMA_RANGE if sigma_range is None else sigma_range
+    interval = interval if interval is not None else DEFAULT_INTERVAL
+    if interval.kind == 'steps':
+        return step_interval_schedule(weight, interval.steps[0], interval.steps[1], mapping, num_steps)
+    lo, hi = interval.sigma if interval.kind == 'sigma' else (0.0, math.inf)
     schedule = GuidanceSchedule.sigma_range(weight, lo, hi)
     if not guided_steps(schedule, mapping, num_steps):
         levels = step_sigmas(mapping, num_steps)
@@ -443,15 +441,6 @@ GUIDE_CHANNELS = ('3', 'all')
 DEFAULT_INTERVAL = Interval.of_sigma(*DEFAULT_SIGMA_RANGE)  # DiT commands' default: the paper's FID interval
 
 
-def _as_interval_args(interval):
-    """An `Interval` (None = every step) as `dit_guidance`'s (interval, sigma_range) arguments."""
-    interval = interval if interval is not None else Interval()
-    if interval.kind == 'steps':
-        return tuple(interval.steps), None
-    if interval.kind == 'sigma':
-        return None, tuple(interval.sigma)
-    return None, (0.0, math.inf)
-
 
 @dataclasses.dataclass(frozen=True)
 class DiTOptions:
@@ -519,8 +508,8 @@ class DiTSchedule:
         number and a range that guides no step are refused with one line."""
         if weight is not None and weight != 1:
             check_weight(weight, what or '--guidance')
-        steps, sigma_range = _as_interval_args(interval)
-        return dit_guidance(weight, steps, sigma_range, mapping=self.options.mapping, num_steps=self.num_steps)
+        return dit_guidance(weight, interval if interval is not None else Interval(), mapping=self.options.mapping,
+                            num_steps=self.num_steps)
 
     def weights(self, guidance):
         """Per-step weights (a tuple of num_steps floats) of a GuidanceSchedule, a number or None."""
