@@ -193,6 +193,9 @@ def generation_options(func):
         click.option('--num', '--num_images', 'num_images', help='Number of images to generate', type=click.IntRange(min=2), default=50000, show_default=True),
         click.option('--seed', help='First random seed', type=int, default=0, show_default=True),
         click.option('--batch', 'max_batch_size', help='Maximum batch size', type=click.IntRange(min=1), default=32, show_default=True),
+        click.option('--vae', help='VAE for latent-space networks: a diffusers model id or local folder, instead of the '
+                     'name the network records (a .safetensors must record a known one otherwise)', metavar='ID|DIR',
+                     type=str, default=None),
     ]
     func = threads.threads_option(sampler_options(device_option(func)))
     for option in reversed(options):

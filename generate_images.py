@@ -29,7 +29,7 @@ from edmguide.util.errors import UserError, run_cli  # noqa: E402
 from edmguide.util.outputs import check_output_dir, claim_image_folder  # noqa: E402
 
 
-def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler):
+def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler, vae=None):
     """What decides the pixels of seed mode's PNGs (recorded in `<outdir>/settings.json`): the
     networks as named, w and where it applies, class, batch size (it fixes the batch shapes) and
     every sampler option. Not the seeds: more seeds of the same settings may join a folder."""
@@ -37,12 +37,12 @@ def seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_siz
     classes = list(class_idx) if isinstance(class_idx, (list, tuple)) else class_idx
     return dict(net=str(net), gnet=str(gnet) if guided else None, guidance=float(guidance) if guided else 1.0,
                 interval=interval.as_data() if guided and interval is not None else ('all' if guided else None),
-                class_idx=classes, batch=max_batch_size, **sampler.as_record())
+                class_idx=classes, batch=max_batch_size, vae=vae, **sampler.as_record())
 
 
 def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None, sampler=None,
                          seeds=range(16, 24), class_idx=None, max_batch_size=32, encoder_batch_size=4,
-                         subdirs=False, device=None, verbose=False, overwrite=False):
+                         subdirs=False, device=None, verbose=False, overwrite=False, vae=None):
     """Upstream EDM2 seed mode: one `<seed:06d>.png` per seed in `outdir`. Returns the written paths.
 
     `guidance`: the weight; `interval`: a `guidance.Interval` (None: every step); `sampler`: the
@@ -63,13 +63,14 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     check_output_dir(outdir, '--outdir')  # before any network is loaded
     if guidance is not None and guidance != 1 and not gnet:
         raise UserError('Please specify --gnet when using guidance')
-    settings = seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler)
+    settings = seed_folder_settings(net, gnet, guidance, interval, class_idx, max_batch_size, sampler, vae)
     removed = claim_image_folder(outdir, settings, overwrite=overwrite, write=dist.get_rank() == 0)
     if removed:
         dist.print0(f'--overwrite: deleted {removed} images of other settings in "{outdir}"')
     dist.barrier()  # no rank writes an image before rank 0 has claimed the folder
     gnet = gnet if (guidance is not None and guidance != 1) else None
-    net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose)
+    net, encoder, gnet = loading.load_networks(net, gnet, device, encoder_batch_size=encoder_batch_size, verbose=verbose,
+                                               vae=vae)
     schedule = sampler.schedule(net, device=device)
     weights = resolve_guidance(schedule, guidance, interval)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({weights})...')
@@ -92,7 +93,7 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     return written
 
 
-def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', device=None, verbose=False):
+def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', device=None, verbose=False, vae=None):
     """Upstream guidance-interval figure mode: grids under `<results_dir>/<fig>/`."""
     from edmguide.jobs import figures
     from edmguide.nets import loading
@@ -101,7 +102,8 @@ def generate_figures(cond_pkl, uncond_pkl, figs='all', results_dir='./results', 
     names = figures.parse_figure_names(figs)
     device = pick_device(device)
     check_output_dir(results_dir, '--results_dir')
-    net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl, device, encoder_batch_size=8, verbose=verbose)
+    net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl, device, encoder_batch_size=8, verbose=verbose,
+                                               vae=vae)
     figures.check_figure_classes(names, net, cond_pkl)  # every figure, before the first is rendered
     written = []
     with progress_bar(total=sum(figures.figure_images(name) for name in names), unit='img', desc='Figures') as bar:
@@ -237,7 +239,7 @@ SDXL_OPTIONS = ('sdxl', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negati
 SDXL_FIGURE_OPTIONS = ('sdxl', 'figs', 'prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative', 'outdir', 'seeds', 'max_batch_size', 'device',
                        'verbose', 'threads')
 SDXL_ONLY_OPTIONS = ('prompt', 'negative_prompt', 'sdxl_noise', 'empty_negative')
-FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads')
+FIGURE_MODE_OPTIONS = ('cond_pkl', 'uncond_pkl', 'figs', 'results_dir', 'seed', 'verbose', 'device', 'threads', 'vae')
 DEMO_OPTIONS = ('preset', 'outdir', 'device', 'verbose', 'threads')
 DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channels')
 DIT_COMMON = ('dit', 'outdir', 'device', 'verbose', 'threads', 'overwrite') + DIT_ONLY_OPTIONS
@@ -266,6 +268,7 @@ def _refuse_unused(given, used, mode):
 @click.option('--gnet', help='Guiding network pickle or .safetensors filename or URL', metavar='PATH|URL')
 @click.option('--outdir', help='Where to save the output images', metavar='DIR')
 @click.option('--subdirs', help='Create subdirectory for every 1000 seeds', is_flag=True)
+@click.option('--vae', help='VAE for latent-space networks: a diffusers model id or local folder, instead of the name the network records (a .safetensors must record a known one otherwise)', metavar='ID|DIR')
 @click.option('--seeds', help='List of random seeds (e.g. 1,2,5-10)', metavar='LIST', default='16-19', show_default=True)
 @click.option('--class', 'class_idx', help='Class label  [default: random]; with --dit also a list: one class per '
               'seed, or the class list of --numerics=dit', type=cli.ClassList())
@@ -380,7 +383,8 @@ def main(preset, net, gnet, outdir, seeds, guidance_interval, guidance_sigma, nu
             _refuse_unused(given, FIGURE_MODE_OPTIONS, "figure mode renders the paper's figures with their own settings")
             if not (cond_pkl and uncond_pkl):
                 raise UserError('figure mode needs both --cond_pkl and --uncond_pkl')
-            return generate_figures(cond_pkl, uncond_pkl, figs or 'all', results_dir, device=device, verbose=verbose)
+            return generate_figures(cond_pkl, uncond_pkl, figs or 'all', results_dir, device=device, verbose=verbose,
+                                    vae=opts['vae'])
         if preset == 'demo' or (preset is None and net is None and not set(given) - set(DEMO_OPTIONS)):
             _refuse_unused(given, DEMO_OPTIONS, '--preset=demo renders the fixed comparison grid of the embedded demo')
             return generate_demo(outdir or 'out/demo', device=device)

@@ -25,7 +25,7 @@ RESUME_HINT = 'rerun the same command to continue where it stopped (finished ima
 
 def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=50000, batch_size=64,
                  batch_size_decoder=8, guidance_scale=2.0, interval=None, sampler=None,
-                 seed=0, device=None, verbose=False, progress=True, overwrite=False):
+                 seed=0, device=None, verbose=False, progress=True, overwrite=False, vae=None):
     """Write `<zip_dir>/<net>-s<seed>-nimg<N>-g<G>-<gi|cfg>.zip`.
 
     `interval`: a `guidance.Interval` (None: upstream's default, steps [17, 22]; `Interval()` for
@@ -56,12 +56,14 @@ def generate_zip(cond_pkl, uncond_pkl=None, zip_dir='./results', num_images=5000
     if guided and uncond_pkl is None:
         raise UserError('guidance needs a guiding network: give --uncond_pkl (or --gnet)')
     net, encoder, gnet = loading.load_networks(cond_pkl, uncond_pkl if guided else None, device,
-                                               encoder_batch_size=batch_size_decoder, verbose=verbose)
+                                               encoder_batch_size=batch_size_decoder, verbose=verbose, vae=vae)
     schedule = sampler.schedule(net, device=device)
     guidance = resolve_guidance(schedule, guidance_scale, interval, what='--guidance_scale')
     zip_path = os.path.join(zip_dir, zip_file_name(cond_pkl, seed, num_images, guidance_scale, method_tag(interval)))
     inputs = digests.input_record(net=cond_pkl, gnet=uncond_pkl if guided else None)  # content, not path
     settings = dict(inputs=inputs, guidance=guidance.as_data(), **sampler.as_record())
+    if vae is not None:  # recorded only when given, so zips made before --vae existed still match
+        settings['vae'] = vae
     dist.print0(f'Generating {num_images} images and saving them to "{zip_path}..."')
     stats = dump_zip(net, encoder, zip_path, range(seed, seed + num_images), schedule, settings=settings, gnet=gnet,
                      guidance=guidance, batch_size=batch_size, device=device, verbose=verbose,
@@ -93,6 +95,7 @@ DIT_ONLY_OPTIONS = ('dit_vae', 'dit_embedding', 'dit_mapping', 'dit_guide_channe
 @click.option('--seed', help='First seed', type=int, default=0, show_default=True)
 @click.option('--numerics', type=click.Choice(['gi', 'edm2']), default='gi', show_default=True, help=cli.NUMERICS_HELP)
 @click.option('--device', help='Torch device (default: cuda if available, else cpu)', metavar='DEV')
+@click.option('--vae', help='VAE for latent-space networks: a diffusers model id or local folder, instead of the name the network records (a .safetensors must record a known one otherwise)', metavar='ID|DIR')
 @click.option('--overwrite', help='Replace a finished zip (or discard a work folder) made with other settings', is_flag=True)
 @click.option('--dit', help="DiT mode: a DiT checkpoint (.pt) or diffusers folder/id, DiT's 250-step sampler, a random "
               "class per seed; default guidance the paper's FID setting w = 2.5 on sigma in (0.34, 1.02]", metavar='MODEL')

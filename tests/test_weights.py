@@ -295,3 +295,34 @@ def test_vae_given_for_a_pixel_space_net_is_one_line(good, tmp_path):
         load_network(str(path), vae='my/vae')
 
 #----------------------------------------------------------------------------
+
+
+def test_vae_option_of_every_script_reaches_the_loader_and_the_settings(tmp_path, monkeypatch):
+    """--vae is passed to load_networks by seed mode, zips, gen and sweep, and recorded where settings are."""
+    import json
+    import calculate_metrics
+    import generate_images
+    import generate_zip
+    from click.testing import CliRunner
+    from edmguide.nets import loading, presets
+    seen = []
+    original = loading.load_networks
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get('vae'))
+        return original(*args, **{k: v for k, v in kwargs.items() if k != 'vae'})
+    monkeypatch.setattr(loading, 'load_networks', spy)
+    files = presets.DEMO_FILES
+    common = ['--vae', 'my/vae', '--steps', '2']
+    runner = CliRunner()
+    result = runner.invoke(generate_images.main, ['--net', files.cond, '--outdir', str(tmp_path / 'png'), '--seeds', '0',
+                                                  '--device', 'cpu', *common], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / 'png' / 'settings.json').read_text())['vae'] == 'my/vae'
+    result = runner.invoke(generate_zip.main, ['--net', files.cond, '--zip_dir', str(tmp_path / 'zip'), '--num_images', '2',
+                                               '--guidance_scale', '1', '--device', 'cpu', *common], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(calculate_metrics.edm2_cli, ['gen', '--net', files.cond, '--ref', files.ref, '--metrics', 'fd_digits',
+                                                        '--num', '2', '--device', 'cpu', *common], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert seen == ['my/vae'] * 3

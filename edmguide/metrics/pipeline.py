@@ -429,7 +429,7 @@ def calc_metrics_for_generator(batches, num_images, ref_path, metrics=None, *, n
 
 def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None, guidance=None, interval=None,
                              sampler=None, num_images=50000, seed=0, max_batch_size=32, class_idx=None,
-                             device=None, progress=True):
+                             device=None, progress=True, vae=None):
     """EDM2 `gen` (extended with guidance intervals): sample seeds seed..seed+num-1 and measure the
     images as they come, never writing them. `guidance` is the weight, `interval` a
     `guidance.Interval` (None: every step), `sampler` the `SamplerOptions` (None: defaults).
@@ -444,7 +444,7 @@ def calc_metrics_for_network(net_path, ref_path, metrics=None, *, gnet_path=None
     guided = guidance is not None and guidance != 1
     if guided and gnet_path is None:
         raise UserError('Please specify --gnet when using guidance')
-    net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
+    net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device, vae=vae)
     schedule = (sampler or SamplerOptions()).schedule(net, device=device)
     weights = generation.resolve_guidance(schedule, guidance, interval)
     chunks = metric_chunks(num_images, max_batch_size)

@@ -528,7 +528,7 @@ def run_sweep(net, encoder, settings, schedule, *, guides, ref, ref_path, metric
 
 def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=None, metrics=None, num_images=50000,
                   seed=0, max_batch_size=32, class_idx=None, sampler=None, dit=None, device=None, checkpoint_every=8,
-                  progress=True, overwrite=False):
+                  progress=True, overwrite=False, vae=None):
     """`calculate_metrics.py sweep`: parse, load, run, write the report (rank 0); returns the lines to print.
 
     `sampler`: the `SamplerOptions` (None: defaults). `dit`: a `dit_generation.DiTModel` for DiT
@@ -568,8 +568,10 @@ def sweep_command(net_path, ref_path, weights, intervals, outdir, *, gnet_path=N
         gnet, schedule = None, dit.schedule(device)
     else:
         inputs = digests.input_record(net=net_path, gnet=gnet_path if guided else None, ref=ref_path)  # once per run
-        net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device)
+        net, encoder, gnet = loading.load_networks(net_path, gnet_path if guided else None, device, vae=vae)
         record = dict(inputs=inputs, device=device.type)  # type: ranks differ in index
+        if vae is not None:
+            record['vae'] = vae
         schedule = sampler.schedule(net, device=device)
     records, summary = run_sweep(net, encoder, settings, schedule, guides={guide: gnet}, ref=ref, ref_path=ref_path,
                                  metrics=metrics, outdir=outdir, num_images=num_images, seed=seed,
