@@ -35,7 +35,6 @@ only name classes in `NETWORK_CLASSES`/`ENCODER_CLASSES` and, without an explici
 import hashlib
 import json
 import math
-import os
 import struct
 
 import numpy as np
