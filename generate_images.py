@@ -50,11 +50,8 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     `outdir` records the settings that made its images (`outputs.claim_image_folder`): a rerun
     with the same settings rewrites its seeds (identically), other settings are refused unless
     `overwrite`, which deletes the folder's seed images first."""
-    from edmguide.util import images as imagelib
     from edmguide.nets import loading
-    from edmguide.sampler import seeds as seedlib
-    from edmguide.jobs.generation import generate_batches, pick_device, resolve_guidance
-    from edmguide.util.progress import progress_bar
+    from edmguide.jobs.generation import generate_batches, pick_device, resolve_guidance, save_seed_images
     from edmguide.sampler.schedule import SamplerOptions
     from torch_utils import distributed as dist
     sampler = sampler or SamplerOptions()
@@ -74,21 +71,12 @@ def generate_seed_images(net, outdir, *, gnet=None, guidance=None, interval=None
     schedule = sampler.schedule(net, device=device)
     weights = resolve_guidance(schedule, guidance, interval)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" ({weights})...')
-    written = []
-    world_size = dist.get_world_size()
-    step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
-                                           for r in range(world_size)])
-    bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
-    for batch in generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=weights, class_idx=class_idx,
-                                  max_batch_size=max_batch_size, device=device):
-        for seed, image in zip(batch.seeds, batch.images.cpu()):
-            path = imagelib.seed_image_path(outdir, seed, subdirs)
-            imagelib.save_png(path, image)
-            written.append(path)
-        bar.update(step_images[batch.batch_idx])
+    def report(batch, bar):
         if verbose:
             bar.write(f'batch {batch.batch_idx + 1}/{batch.num_batches}: evaluations per image net {batch.counter.net}, gnet {batch.counter.gnet}')
-    bar.close()
+    batches = generate_batches(net, encoder, seeds, schedule, gnet=gnet, guidance=weights, class_idx=class_idx,
+                               max_batch_size=max_batch_size, device=device)
+    written = save_seed_images(batches, outdir, len(seeds), max_batch_size, subdirs=subdirs, on_batch=report)
     dist.print0('Done.')
     return written
 

@@ -167,3 +167,28 @@ def resolve_guidance(schedule, weight, interval=None, *, what='--guidance', note
     if note and message:
         dist.print0(message)
     return guidance
+
+
+def save_seed_images(batches, outdir, num_seeds, max_batch_size, *, subdirs=False, on_batch=None):
+    """Write `<outdir>/<seed:06d>.png` (per-1000 subfolders with `subdirs`) for every image of the
+    generation iterator's `batches` (seed mode's upstream EDM2 split of `num_seeds` seeds into
+    `max_batch_size` batches over the ranks), with a progress bar on rank 0 counting all ranks'
+    images. `on_batch(batch, bar)` is called after each batch (e.g. for verbose lines). Returns the
+    paths this rank wrote."""
+    from edmguide.util import images as imagelib
+    from edmguide.util.progress import progress_bar
+    world_size = dist.get_world_size()
+    step_images = seedlib.images_per_step([seedlib.rank_batches(num_seeds, max_batch_size, world_size, r)
+                                           for r in range(world_size)])
+    written = []
+    with progress_bar(total=num_seeds, unit='img', desc='Generating', disable=dist.get_rank() != 0,
+                      leave=False) as bar:
+        for batch in batches:
+            for seed, image in zip(batch.seeds, batch.images.cpu()):
+                path = imagelib.seed_image_path(outdir, seed, subdirs)
+                imagelib.save_png(path, image)
+                written.append(path)
+            bar.update(step_images[batch.batch_idx])
+            if on_batch is not None:
+                on_batch(batch, bar)
+    return written

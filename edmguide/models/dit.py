@@ -44,7 +44,7 @@ import torch
 
 from edmguide.util.errors import UserError
 from edmguide.sampler.guidance import GuidanceSchedule, Interval, check_weight
-from edmguide.sampler.sampling import EvalCounter  # per image: `net` conditional (main), `gnet` unconditional (guide)
+from edmguide.sampler.sampling import EvalCounter, walk_tree  # per image: `net` conditional (main), `gnet` unconditional (guide)
 
 NUM_TRAIN_STEPS = 1000
 NUM_STEPS = 250
@@ -337,7 +337,6 @@ def sample_dit_tree(net, noise, labels, guidances, *, noise_source, mapping=DEFA
     guide_channels = _check_guide_channels(guide_channels, noise.shape[1])
     keys = [step_weights(g, mapping, num_steps) for g in guidances]
     labels = torch.as_tensor(labels, dtype=torch.int64, device=noise.device)
-    outputs = [None] * len(guidances)
 
     def step(x, k, w):
         i = num_steps - 1 - k  # respaced index, counted down from the noisiest step
@@ -349,25 +348,8 @@ def sample_dit_tree(net, noise, labels, guidances, *, noise_source, mapping=DEFA
             progress(dict(i=k, num_steps=num_steps, t=t, w=w))
         return x
 
-    pending = [(noise.to(torch.float32), 0, list(range(len(guidances))), None)]
-    while pending:
-        x, k, members, state = pending.pop()
-        if state is not None:
-            noise_source.set_state(state)
-        while k < num_steps:
-            groups = {}
-            for b in members:
-                groups.setdefault(keys[b][k], []).append(b)
-            if len(groups) > 1:
-                state = noise_source.get_state()
-                for w, group in reversed(list(groups.items())[1:]):
-                    pending.append((x, k, group, state))
-            w, members = next(iter(groups.items()))
-            x = step(x, k, w)
-            k += 1
-        for b in members:
-            outputs[b] = x
-    return outputs
+    return walk_tree(noise.to(torch.float32), keys, step, get_state=noise_source.get_state,
+                     set_state=noise_source.set_state)
 
 
 def sample_dit(net, noise, labels, guidance=None, *, noise_source, **kwargs):

@@ -104,8 +104,7 @@ def generate_dit_images(model, outdir, *, seeds, class_idx=None, guidance=dit.DE
     """One `<seed:06d>.png` per seed; each image depends only on its seed, class and the settings.
     `class_idx`: None (a class per seed drawn from its generator), one class, or one per seed.
     `interval`: a `guidance.Interval` (None: the paper's FID interval); `options`: `dit.DiTOptions`."""
-    from edmguide.sampler import seeds as seedlib
-    from edmguide.jobs.generation import generate_batches
+    from edmguide.jobs.generation import generate_batches, save_seed_images
     from torch_utils import distributed as dist
     schedule = _schedule(options, embedding, device)
     if class_idx is not None:
@@ -120,19 +119,9 @@ def generate_dit_images(model, outdir, *, seeds, class_idx=None, guidance=dit.DE
     net, decoder = load_dit_models(model, vae=vae, embedding=embedding, device=device)
     dist.print0(f'Generating {len(seeds)} images to "{outdir}" with DiT\'s {schedule.num_steps}-step sampler: '
                 f'{describe(weights, schedule)}; {evaluations_line(weights, schedule)}')
-    world_size = dist.get_world_size()
-    step_images = seedlib.images_per_step([seedlib.rank_batches(len(seeds), max_batch_size, world_size, r)
-                                           for r in range(world_size)])
-    written = []
-    bar = progress_bar(total=len(seeds), unit='img', desc='Generating', disable=dist.get_rank() != 0, leave=False)
-    for batch in generate_batches(net, decoder, seeds, schedule, guidance=weights, class_idx=class_idx,
-                                  max_batch_size=max_batch_size, device=device):
-        for seed, image in zip(batch.seeds, batch.images.cpu()):
-            path = imagelib.seed_image_path(outdir, seed, subdirs)
-            imagelib.save_png(path, image)
-            written.append(path)
-        bar.update(step_images[batch.batch_idx])
-    bar.close()
+    batches = generate_batches(net, decoder, seeds, schedule, guidance=weights, class_idx=class_idx,
+                               max_batch_size=max_batch_size, device=device)
+    written = save_seed_images(batches, outdir, len(seeds), max_batch_size, subdirs=subdirs)
     dist.print0('Done.')
     return written
 

@@ -144,7 +144,6 @@ def sample_tree(net, noise, labels, branches, schedule=None, *, options=None, ra
     S_churn, S_min, S_max, S_noise = opts.S_churn, opts.S_min, opts.S_max, opts.S_noise
     churn_steps = [bool(S_churn > 0 and S_min <= t_cur <= S_max) for t_cur, _ in levels]  # as upstream: tensor comparisons
     rng_state = _rng_state_access(randn_like) if any(churn_steps) and len(set(keys)) > 1 else None
-    outputs = [None] * len(branches)
 
     def step(x, i, key):
         gnet, w = branches_by_id[key[1]], key[0]
@@ -162,33 +161,49 @@ def sample_tree(net, noise, labels, branches, schedule=None, *, options=None, ra
     for gnet, _guidance in branches:
         branches_by_id[id(gnet)] = gnet
 
-    # Depth first: follow the group of branches step by step; where it splits, keep the state (and
-    # the generators' state, if churn draws) for the later children while the first one runs.
+    def check_split(i):
+        if rng_state is None and any(churn_steps[i:]):
+            raise UserError('sampling branches that differ on churn steps needs per-seed generators '
+                            'whose state can be saved (seeds.StackedRandomGenerator.randn_like)')
+
     start = noise.to(dtype) * (sigmas[0] if opts.init_noise == 'edm' else schedule.vp_start_scale())
-    pending = [(start, 0, list(range(len(branches))), None)]
+    outputs = walk_tree(start, keys, step, check_split=check_split,
+                        get_state=rng_state.get if rng_state is not None else None,
+                        set_state=rng_state.set if rng_state is not None else None)
+    return [x.to(out_dtype) for x in outputs]
+
+
+def walk_tree(start, keys, step, *, check_split=None, get_state=None, set_state=None):
+    """Walk branches that share prefixes depth first; returns every branch's final state, in order.
+
+    `keys[b][i]` is branch b's key at step i: branches whose keys agree on steps 0..i share one
+    state there, computed once by `step(x, i, key)`. Where a group splits, `check_split(i)` may
+    refuse, and `get_state()` saves the random source's state for the later children, which
+    `set_state(state)` restores before each resumes, so every branch equals its own run. At most
+    one state per tree level is alive. Used by the Heun sampler (`sample_tree`) and DiT's loop.
+    """
+    num_steps = len(keys[0])
+    outputs = [None] * len(keys)
+    pending = [(start, 0, list(range(len(keys))), None)]
     while pending:
         x, i, members, state = pending.pop()
         if state is not None:
-            rng_state.set(state)
-        while i < steps:
+            set_state(state)
+        while i < num_steps:
             groups = {}
             for b in members:
                 groups.setdefault(keys[b][i], []).append(b)
             if len(groups) > 1:
-                if rng_state is None and any(churn_steps[i:]):
-                    raise UserError('sampling branches that differ on churn steps needs per-seed generators '
-                                    'whose state can be saved (seeds.StackedRandomGenerator.randn_like)')
-                state = rng_state.get() if rng_state is not None else None
-                later = list(groups.items())[1:]
-                for key, group in reversed(later):
+                if check_split is not None:
+                    check_split(i)
+                state = get_state() if get_state is not None else None
+                for key, group in reversed(list(groups.items())[1:]):
                     pending.append((x, i, group, state))  # resumed at step i with this group's key
-                key, members = next(iter(groups.items()))
-            else:
-                (key, members), = groups.items()
+            key, members = next(iter(groups.items()))
             x = step(x, i, key)
             i += 1
         for b in members:
-            outputs[b] = x.to(out_dtype)
+            outputs[b] = x
     return outputs
 
 
